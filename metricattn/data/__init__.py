@@ -1,0 +1,27 @@
+"""Datasets, selected by `config.data.name`.
+
+Every dataset object offers:
+  info: dict                     facts the model and task need, e.g. {"num_classes": 2,
+                                 "input_shape": (2,)}
+  train_batch(step) -> dict      training batch `step` (0-based) as NumPy arrays; a pure
+                                 function of (config.seed, step), so resume is exact
+  eval_splits: tuple[str, ...]   splits evaluated during training, e.g. ("val", "test")
+  eval_batches(split) -> iter    the split in order, as dicts of NumPy arrays
+
+Classification batches hold `x` (float32 [batch, ...]) and `y` (int32 [batch]); evaluation
+batches may add `weight` (float32 [batch]; 0 for padding or context examples that are not
+scored) and, for set models such as the IPN, `mask` (bool [batch, batch]; which example may
+attend to which).
+"""
+
+from __future__ import annotations
+
+from metricattn.errors import UserError
+
+
+def get_dataset(config):
+  name = config.data.name
+  if name == "moons":
+    from metricattn.data.moons import MoonsData
+    return MoonsData(config)
+  raise UserError(f"unknown dataset {name!r}; allowed: moons")

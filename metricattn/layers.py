@@ -1,0 +1,132 @@
+"""The project's one multi-head attention module (Flax NNX), whose kind is a config string.
+
+Kinds (paper notes, section 1):
+  softmax  logits  scale * (W_Q x) . (W_K y)                separate query and key projections
+  l2       logits -scale * ||P x - P y||^2                  one projection P for query and key
+  metric   logits -scale * ||g(P x) - g(P y)||^2            g(u) = u + W2 tanh(W1 u + b1) + b2
+
+With W2 = 0 and b2 = 0 the metric kind is exactly the l2 kind. P maps to
+`num_heads * head_dim`; g acts on that whole vector, which is then split into heads.
+In cross-attention (`cross=True`: queries from x, keys and values from y) the l2 and metric
+kinds give the query and key sides their own P and share g.
+
+The value and output projections are optional: the paper's IPN propagates `H_new = S H_old`
+without them. Without a value projection every head averages the full input features and the
+heads' outputs are averaged, so the output width equals the input width.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from metricattn import attention as attn_lib
+from metricattn.errors import UserError
+
+KINDS = ("softmax", "l2", "metric")
+
+
+def check_kind(kind: str) -> str:
+  if kind not in KINDS:
+    raise UserError(f"unknown attention kind {kind!r}; allowed: {', '.join(KINDS)}")
+  return kind
+
+
+def split_heads(x: jax.Array, num_heads: int) -> jax.Array:
+  """[..., len, heads * d] -> [..., len, heads, d]."""
+  return x.reshape(*x.shape[:-1], num_heads, x.shape[-1] // num_heads)
+
+
+class MetricMLP(nnx.Module):
+  """The residual tanh MLP g(u) = u + W2 tanh(W1 u + b1) + b2 of metric-attention."""
+
+  def __init__(self, dim: int, hidden: int, *, rngs: nnx.Rngs):
+    self.hidden = nnx.Linear(dim, hidden, rngs=rngs)
+    self.out = nnx.Linear(hidden, dim, rngs=rngs)
+
+  def __call__(self, u: jax.Array) -> jax.Array:
+    return u + self.out(jnp.tanh(self.hidden(u)))
+
+
+class Attention(nnx.Module):
+  """Multi-head attention of kind `softmax`, `l2` or `metric`.
+
+  Args:
+    in_features: width of the query input x.
+    kind: attention kind (see module docstring).
+    num_heads: number of heads.
+    qk_features: total query/key width (`num_heads * head_dim`); must divide by num_heads.
+    kv_features: width of the key/value input y for cross-attention (defaults to in_features).
+    v_features: total value width, or None for no value projection (v = y, see above).
+    out_features: output width, or None for no output projection.
+    d_mlp: hidden width of the metric MLP g (metric kind only).
+    scale: logit scale; None means 1/sqrt(head_dim). 1.0 is the paper's Algorithm 1.
+    cross: True for cross-attention (separate query/key projections for l2 and metric).
+    use_bias: bias in the projections.
+  """
+
+  def __init__(self, in_features: int, *, kind: str, num_heads: int, qk_features: int,
+               rngs: nnx.Rngs, kv_features: int | None = None,
+               v_features: int | None = None, out_features: int | None = None,
+               d_mlp: int = 0, scale: float | None = None, cross: bool = False,
+               use_bias: bool = True):
+    self.kind = check_kind(kind)
+    if num_heads < 1 or qk_features % num_heads:
+      raise UserError(
+          f"attention width {qk_features} does not divide into {num_heads} heads; "
+          "choose qk_features a multiple of num_heads")
+    if v_features is not None and v_features % num_heads:
+      raise UserError(
+          f"value width {v_features} does not divide into {num_heads} heads; "
+          "choose v_features a multiple of num_heads")
+    if kind == "metric" and d_mlp < 1:
+      raise UserError("metric attention needs d_mlp >= 1 (hidden width of its MLP g)")
+    kv_features = kv_features or in_features
+    self.num_heads = num_heads
+    self.scale = scale
+    linear = lambda i, o: nnx.Linear(i, o, use_bias=use_bias, rngs=rngs)
+    self.q_proj = linear(in_features, qk_features)
+    tied = kind != "softmax" and not cross
+    # l2/metric self-attention: one P for both sides (the same module object).
+    self.k_proj = self.q_proj if tied else linear(kv_features, qk_features)
+    self.g = MetricMLP(qk_features, d_mlp, rngs=rngs) if kind == "metric" else None
+    self.v_proj = linear(kv_features, v_features) if v_features else None
+    v_width = v_features or kv_features
+    self.out_proj = linear(v_width, out_features) if out_features else None
+
+  # The pieces, exposed so that decoders can cache keys and values.
+  def queries(self, x: jax.Array) -> jax.Array:
+    """[b, q_len, in] -> [b, q_len, heads, head_dim]."""
+    q = self.q_proj(x)
+    return split_heads(self.g(q) if self.g is not None else q, self.num_heads)
+
+  def keys(self, y: jax.Array) -> jax.Array:
+    """[b, kv_len, kv_in] -> [b, kv_len, heads, head_dim]."""
+    k = self.k_proj(y)
+    return split_heads(self.g(k) if self.g is not None else k, self.num_heads)
+
+  def values(self, y: jax.Array) -> jax.Array:
+    """[b, kv_len, kv_in] -> [b, kv_len, heads, v_dim]."""
+    if self.v_proj is not None:
+      return split_heads(self.v_proj(y), self.num_heads)
+    return jnp.broadcast_to(y[..., None, :], (*y.shape[:-1], self.num_heads, y.shape[-1]))
+
+  def attend(self, q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None = None,
+             k_sqnorm: jax.Array | None = None) -> jax.Array:
+    """Kernel plus output projection: [b, q_len, heads, v_dim] -> [b, q_len, out]."""
+    if self.kind == "softmax":
+      o = attn_lib.dot_product_attention(q, k, v, mask=mask, scale=self.scale)
+    else:
+      o = attn_lib.l2_attention(q, k, v, mask=mask, scale=self.scale, k_sqnorm=k_sqnorm)
+    if self.v_proj is None:
+      o = jnp.mean(o, axis=-2)
+    else:
+      o = o.reshape(*o.shape[:-2], -1)
+    return self.out_proj(o) if self.out_proj is not None else o
+
+  def __call__(self, x: jax.Array, y: jax.Array | None = None,
+               mask: jax.Array | None = None) -> jax.Array:
+    """x [b, q_len, in], y [b, kv_len, kv_in] (defaults to x), mask -> [b, q_len, out]."""
+    y = x if y is None else y
+    return self.attend(self.queries(x), self.keys(y), self.values(y), mask)

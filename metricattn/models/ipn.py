@@ -1,0 +1,58 @@
+"""The paper's IPN (information propagation network) for vector data.
+
+input -> linear -> `depth` propagation blocks -> linear -> class logits.
+
+A batch of examples is one set: attention runs across the examples (like kNN or label
+propagation), not within an example. A block is `H_new = S H_old` with S the attention
+matrix of the configured kind; by default without value or output projection, residual or
+layer norm, as the paper describes it. Those are config options.
+"""
+
+from __future__ import annotations
+
+import jax
+from flax import nnx
+
+from metricattn.layers import Attention
+
+
+class PropagationBlock(nnx.Module):
+
+  def __init__(self, width: int, *, kind: str, num_heads: int, qk_dim: int, d_mlp: int,
+               scale: float | None, residual: bool, layer_norm: bool, projections: bool,
+               rngs: nnx.Rngs):
+    self.attn = Attention(width, kind=kind, num_heads=num_heads, qk_features=qk_dim,
+                          d_mlp=d_mlp, scale=scale,
+                          v_features=width if projections else None,
+                          out_features=width if projections else None, rngs=rngs)
+    self.norm = nnx.LayerNorm(width, rngs=rngs) if layer_norm else None
+    self.residual = residual
+
+  def __call__(self, h: jax.Array, mask: jax.Array | None) -> jax.Array:
+    """h [1, n, width], mask [n, n] or None."""
+    x = self.norm(h) if self.norm is not None else h
+    out = self.attn(x, mask=None if mask is None else mask[None, None])
+    return h + out if self.residual else out
+
+
+class IPN(nnx.Module):
+  """IPN classifier over a set: x [n, in_dim] (one set of n examples) -> logits [n, classes]."""
+
+  def __init__(self, in_dim: int, num_classes: int, *, width: int, depth: int, kind: str,
+               num_heads: int, qk_dim: int, d_mlp: int, scale: float | None,
+               residual: bool, layer_norm: bool, projections: bool, rngs: nnx.Rngs):
+    self.embed = nnx.Linear(in_dim, width, rngs=rngs)
+    self.blocks = nnx.List([
+        PropagationBlock(width, kind=kind, num_heads=num_heads, qk_dim=qk_dim, d_mlp=d_mlp,
+                         scale=scale, residual=residual, layer_norm=layer_norm,
+                         projections=projections, rngs=rngs)
+        for _ in range(depth)])
+    self.head = nnx.Linear(width, num_classes, rngs=rngs)
+
+  def __call__(self, x: jax.Array, mask: jax.Array | None = None, *, train: bool = False,
+               rngs=None) -> jax.Array:
+    del train, rngs  # no dropout in the IPN
+    h = self.embed(x.reshape(x.shape[0], -1))[None]
+    for block in self.blocks:
+      h = block(h, mask)
+    return self.head(h[0])
