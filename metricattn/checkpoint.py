@@ -1,0 +1,77 @@
+"""Orbax checkpoints of the training state, with clear errors and nothing ever deleted on failure.
+
+A checkpoint holds `state` (params and optimizer state, a pytree) and `meta` (JSON: step,
+timing accumulators, the partial logging window), so a resumed run continues exactly.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from metricattn.errors import UserError
+
+# Orbax logs every save at INFO; keep the console for the run's own progress.
+logging.getLogger("absl").setLevel(logging.WARNING)
+
+
+class Checkpointer:
+  """Keeps the last `keep` checkpoints in `workdir/checkpoints`."""
+
+  def __init__(self, workdir: str | Path, keep: int):
+    self.directory = Path(workdir).absolute() / "checkpoints"
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                           enable_async_checkpointing=False)
+    self.manager = ocp.CheckpointManager(self.directory, options=options)
+
+  def latest_step(self) -> int | None:
+    return self.manager.latest_step()
+
+  def save(self, step: int, state, meta: dict) -> None:
+    self.manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
+
+  def restore(self, step: int, target):
+    """Restores (state, meta) at `step` into the structure and shardings of `target`."""
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+    self._check_shapes(step, abstract)
+    try:
+      out = self.manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
+    except Exception as e:  # orbax raises many types; all mean the files are unusable
+      raise UserError(
+          f"checkpoint {self.directory / str(step)} could not be read ({type(e).__name__}: "
+          f"{str(e).splitlines()[0][:200]}); nothing was deleted: move it away or use "
+          "another --workdir") from None
+    return out.state, out.meta
+
+  def _check_shapes(self, step: int, abstract) -> None:
+    """A clear error when the checkpoint was written by a model of another shape."""
+    try:
+      meta = self.manager.item_metadata(step)["state"]
+      saved = {jax.tree_util.keystr(p): tuple(m.shape)
+               for p, m in jax.tree_util.tree_leaves_with_path(meta)}
+    except Exception:  # unreadable metadata: let restore() report the corruption
+      return
+    wanted = {jax.tree_util.keystr(p): tuple(a.shape)
+              for p, a in jax.tree_util.tree_leaves_with_path(abstract)}
+    if saved == wanted:
+      return
+    diff = sorted(set(saved) ^ set(wanted)) or [k for k in wanted if saved[k] != wanted[k]]
+    key = diff[0]
+    raise UserError(
+        f"checkpoint {self.directory / str(step)} was written by a model of another shape "
+        f"(first difference at {key}: checkpoint {saved.get(key, 'absent')}, config "
+        f"{wanted.get(key, 'absent')}); use a new --workdir or the config that wrote it")
+
+  def close(self) -> None:
+    self.manager.wait_until_finished()
+    self.manager.close()
+
+
+def num_params(params) -> int:
+  return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))
