@@ -21,11 +21,35 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def enable_compilation_cache() -> None:
   """Persistent XLA cache: repeated runs of the same shapes compile in a fraction of the time."""
+  import logging
   import os
   import jax
+  logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
   path = os.environ.get("METRICATTN_XLA_CACHE", os.path.expanduser("~/.cache/metricattn/xla"))
   jax.config.update("jax_compilation_cache_dir", path)
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+
+
+def fail(message: str) -> None:
+  print(f"error: {message}", file=sys.stderr)
+  sys.exit(2)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl flag parsing with one-line errors (bad flag, bad config argument or override)."""
+  try:
+    rest = flags.FLAGS(argv)
+    flags.FLAGS["config"].value.get("seed")  # the config file loads lazily: load it now
+    return rest
+  except UserError as e:
+    fail(str(e))
+  except OSError as e:
+    fail(f"cannot load --config: {str(e).splitlines()[-1].strip()}")
+  except (flags.Error, KeyError, AttributeError, TypeError, ValueError) as e:
+    text = " ".join(str(e).replace("\\n", " ").replace("\\", "").split())
+    if isinstance(e, (KeyError, AttributeError)):  # their str() is a repr in quotes
+      text = text[1:-1]
+    fail(f"bad flag or config override: {text}")
 
 
 def run(fn, *args) -> None:
@@ -33,8 +57,7 @@ def run(fn, *args) -> None:
   try:
     fn(*args)
   except UserError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+    fail(str(e))
 
 
 def main(argv) -> None:
@@ -45,4 +68,4 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)
