@@ -26,7 +26,10 @@ class Checkpointer:
     self.directory = Path(workdir).absolute() / "checkpoints"
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                            enable_async_checkpointing=False)
-    self.manager = ocp.CheckpointManager(self.directory, options=options)
+    self.manager = ocp.CheckpointManager(
+        self.directory, options=options,
+        item_handlers={"state": ocp.StandardCheckpointHandler(),
+                       "meta": ocp.JsonCheckpointHandler()})
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
@@ -53,12 +56,10 @@ class Checkpointer:
     """A clear error when the checkpoint was written by a model of another shape."""
     try:
       meta = self.manager.item_metadata(step)["state"]
-      saved = {jax.tree_util.keystr(p): tuple(m.shape)
-               for p, m in jax.tree_util.tree_leaves_with_path(meta)}
+      saved = _shapes_by_path(meta)
     except Exception:  # unreadable metadata: let restore() report the corruption
       return
-    wanted = {jax.tree_util.keystr(p): tuple(a.shape)
-              for p, a in jax.tree_util.tree_leaves_with_path(abstract)}
+    wanted = _shapes_by_path(abstract)
     if saved == wanted:
       return
     diff = sorted(set(saved) ^ set(wanted)) or [k for k in wanted if saved[k] != wanted[k]]
@@ -71,6 +72,13 @@ class Checkpointer:
   def close(self) -> None:
     self.manager.wait_until_finished()
     self.manager.close()
+
+
+def _shapes_by_path(tree) -> dict[str, tuple]:
+  """'params/blocks/0/attn/k_proj/kernel/value' -> shape; attribute, key and index alike."""
+  name = lambda k: str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k))))
+  return {"/".join(map(name, path)): tuple(leaf.shape)
+          for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
 
 
 def num_params(params) -> int:

@@ -74,7 +74,7 @@ def make_train_step(graphdef, task, tx, base_key):
       return task.loss(nnx.merge(graphdef, p), batch, train=True, rngs=rng)
 
     (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     updates, new_opt = tx.update(grads, opt_state, params)
     new_params = optax.apply_updates(params, updates)

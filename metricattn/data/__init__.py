@@ -18,10 +18,16 @@ from __future__ import annotations
 
 from metricattn.errors import UserError
 
+IMAGE_NAMES = ("mnist", "fashion_mnist", "cifar10", "digits")  # metricattn.data.images
+NAMES = ("moons", *IMAGE_NAMES)
+
 
 def get_dataset(config):
   name = config.data.name
   if name == "moons":
     from metricattn.data.moons import MoonsData
     return MoonsData(config)
-  raise UserError(f"unknown dataset {name!r}; allowed: moons")
+  if name in IMAGE_NAMES:
+    from metricattn.data.images import ImageData
+    return ImageData(config)
+  raise UserError(f"unknown dataset {name!r}; allowed: {', '.join(NAMES)}")

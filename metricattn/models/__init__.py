@@ -8,7 +8,7 @@ from flax import nnx
 
 from metricattn.errors import UserError
 
-FAMILIES = ("ipn",)
+FAMILIES = ("ipn", "vit")
 
 
 def build_model(config, info: dict, rngs: nnx.Rngs) -> nnx.Module:
@@ -20,4 +20,7 @@ def build_model(config, info: dict, rngs: nnx.Rngs) -> nnx.Module:
                depth=m.depth, kind=m.attention, num_heads=m.num_heads, qk_dim=m.qk_dim,
                d_mlp=m.d_mlp, scale=m.scale, residual=m.residual, layer_norm=m.layer_norm,
                projections=m.projections, rngs=rngs)
+  if m.name == "vit":
+    from metricattn.models import vit
+    return vit.from_config(m, info, rngs)
   raise UserError(f"unknown model {m.name!r}; allowed: {', '.join(FAMILIES)}")

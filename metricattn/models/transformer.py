@@ -1,0 +1,420 @@
+"""Encoder-decoder Transformer (and its encoder as a sequence classifier), Flax NNX.
+
+Every attention block is the project's `Attention` of the configured kind: encoder
+self-attention, causal decoder self-attention and decoder-encoder cross-attention (for l2 and
+metric, cross-attention gives queries and keys their own projection and shares the metric MLP).
+Only the score function changes between kinds, as in the paper's Multi30k experiment.
+
+Token id 0 is padding everywhere: padded source positions are never attended to. Decoder
+self-attention is causal only (right-padded targets never reach a real position's query).
+
+Models (`config.model.name`):
+  transformer          Transformer(src, tgt_in) -> logits [batch, tgt_len, tgt_vocab]
+                       (dataset info: src_vocab_size, tgt_vocab_size)
+  transformer_encoder  EncoderClassifier(x) -> logits [batch, num_classes]
+                       (dataset info: vocab_size, num_classes; batch `x` int32 [batch, len])
+
+Both are pure: `model(..., train=bool, rngs=key_or_None)`; dropout draws from the jax key
+`rngs` (required when training with dropout > 0), each dropout site a fresh fold of it.
+
+config.model fields (suggested defaults: the paper's reference, see ../shared/paper.md):
+  attention         "softmax" | "l2" | "metric"                          "metric"
+  num_layers        encoder layers, and decoder layers                    6
+  num_heads         heads of every attention block                        8
+  d_model           residual width                                        512
+  qk_dim            total query/key width d_Q (num_heads * head_dim)      512
+  d_mlp             hidden width of the metric MLP (metric kind only)     512
+  d_ff              feed-forward hidden width                             2048
+  dropout           on embeddings, sublayer outputs, FFN hidden           0.1
+  scale             attention logit scale; None = 1/sqrt(head_dim)        None
+  norm              "post" (reference) or "pre" LayerNorm                 "post"
+  ln_eps            LayerNorm epsilon (reference 1e-12)                   1e-12
+  positions         "sinusoidal" or "learned"                             "sinusoidal"
+  max_len           most positions (learned table size; length check)    256
+  scale_embeddings  multiply token embeddings by sqrt(d_model)           False
+  share_embeddings  one source/target embedding (needs one vocabulary)   False
+  tie_output        output projection = target embedding transposed      False
+  pool              transformer_encoder only: "mean" or "cls"            "mean"
+  label_smoothing   read by the Translation task (tasks.py)              0.0 (reference) / 0.1
+
+Initialisation is Flax's default (LeCun normal for Linear, variance-scaled Embed), not the
+reference's Kaiming uniform.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from metricattn import attention as attn_lib
+from metricattn.errors import UserError
+from metricattn.layers import Attention, check_kind
+
+PAD = 0
+NORMS = ("post", "pre")
+POSITIONS = ("sinusoidal", "learned")
+POOLS = ("mean", "cls")
+
+
+@dataclasses.dataclass(frozen=True)
+class Hyper:
+  """Transformer hyperparameters; field meanings in the module docstring."""
+  attention: str = "softmax"
+  num_layers: int = 6
+  num_heads: int = 8
+  d_model: int = 512
+  qk_dim: int = 512
+  d_mlp: int = 512
+  d_ff: int = 2048
+  dropout: float = 0.1
+  scale: float | None = None
+  norm: str = "post"
+  ln_eps: float = 1e-12
+  positions: str = "sinusoidal"
+  max_len: int = 256
+  scale_embeddings: bool = False
+  share_embeddings: bool = False
+  tie_output: bool = False
+
+  def __post_init__(self):
+    check_kind(self.attention)
+    if self.norm not in NORMS:
+      raise UserError(f"unknown model.norm {self.norm!r}; allowed: {', '.join(NORMS)}")
+    if self.positions not in POSITIONS:
+      raise UserError(
+          f"unknown model.positions {self.positions!r}; allowed: {', '.join(POSITIONS)}")
+    if not 0.0 <= self.dropout < 1.0:
+      raise UserError(f"model.dropout must be in [0, 1); got {self.dropout}")
+
+
+def hyper_from_config(m) -> Hyper:
+  """Reads the Hyper fields from `config.model` (all of them are required)."""
+  names = [f.name for f in dataclasses.fields(Hyper)]
+  return Hyper(**{n: m[n] for n in names})
+
+
+class DropoutKeys:
+  """Hands out a fresh key per dropout site from one key; None when there is no key.
+
+  The count lives in Python and advances in trace order, so a call stays a pure function
+  of its inputs and key.
+  """
+
+  def __init__(self, key: jax.Array | None):
+    self.key = key
+    self.count = 0
+
+  def __call__(self) -> jax.Array | None:
+    if self.key is None:
+      return None
+    self.count += 1
+    return jax.random.fold_in(self.key, self.count)
+
+
+def check_rngs(h: Hyper, train: bool, rngs) -> DropoutKeys:
+  if train and h.dropout > 0 and rngs is None:
+    raise ValueError("training with dropout needs rngs= a jax key")
+  return DropoutKeys(rngs if train else None)
+
+
+def sinusoid(positions: jax.Array, d: int) -> jax.Array:
+  """Sinusoidal encodings: int positions [...] -> float32 [..., d] (sin half, cos half)."""
+  half = d // 2
+  freq = jnp.exp(-math.log(10000.0) * jnp.arange(half, dtype=jnp.float32) / max(half, 1))
+  angle = positions.astype(jnp.float32)[..., None] * freq
+  enc = jnp.concatenate([jnp.sin(angle), jnp.cos(angle)], axis=-1)
+  return jnp.pad(enc, [(0, 0)] * (enc.ndim - 1) + [(0, d - 2 * half)])
+
+
+# ---------------------------------------------------------------- building blocks
+
+class Embedder(nnx.Module):
+  """Token embedding (possibly shared), positions and dropout: ids [b, L] -> [b, L, d]."""
+
+  def __init__(self, embed: nnx.Embed, h: Hyper, *, rngs: nnx.Rngs):
+    self.embed = embed
+    self.pos = nnx.Embed(h.max_len, h.d_model, rngs=rngs) if h.positions == "learned" else None
+    self.drop = nnx.Dropout(h.dropout)
+    self.d_model = h.d_model
+    self.max_len = h.max_len
+    self.scale = math.sqrt(h.d_model) if h.scale_embeddings else 1.0
+
+  def __call__(self, tokens: jax.Array, positions: jax.Array, *, train: bool,
+               key: jax.Array | None) -> jax.Array:
+    """tokens int [b, L], positions int [L] (static bound max_len) -> [b, L, d]."""
+    x = self.embed(tokens) * self.scale
+    pos = self.pos(positions) if self.pos is not None else sinusoid(positions, self.d_model)
+    return self.drop(x + pos, deterministic=not train, rngs=key)
+
+
+def check_length(length: int, max_len: int) -> None:
+  if length > max_len:
+    raise ValueError(f"sequence length {length} exceeds model.max_len {max_len}")
+
+
+class Residual(nnx.Module):
+  """Norm, dropout and residual around a sublayer f.
+
+  post-LN: x <- norm(x + drop(f(x)));  pre-LN: x <- x + drop(f(norm(x))).
+  Use as `y = f(res.inp(x)); x = res.out(x, y, ...)`.
+  """
+
+  def __init__(self, h: Hyper, *, rngs: nnx.Rngs):
+    self.norm = nnx.LayerNorm(h.d_model, epsilon=h.ln_eps, rngs=rngs)
+    self.drop = nnx.Dropout(h.dropout)
+    self.pre = h.norm == "pre"
+
+  def inp(self, x: jax.Array) -> jax.Array:
+    return self.norm(x) if self.pre else x
+
+  def out(self, x: jax.Array, y: jax.Array, *, train: bool, key) -> jax.Array:
+    x = x + self.drop(y, deterministic=not train, rngs=key)
+    return x if self.pre else self.norm(x)
+
+
+class FeedForward(nnx.Module):
+  """Linear -> ReLU -> dropout -> Linear: [..., d] -> [..., d]."""
+
+  def __init__(self, h: Hyper, *, rngs: nnx.Rngs):
+    self.up = nnx.Linear(h.d_model, h.d_ff, rngs=rngs)
+    self.down = nnx.Linear(h.d_ff, h.d_model, rngs=rngs)
+    self.drop = nnx.Dropout(h.dropout)
+
+  def __call__(self, x: jax.Array, *, train: bool, key) -> jax.Array:
+    hidden = self.drop(jax.nn.relu(self.up(x)), deterministic=not train, rngs=key)
+    return self.down(hidden)
+
+
+def make_attention(h: Hyper, *, cross: bool, rngs: nnx.Rngs) -> Attention:
+  return Attention(h.d_model, kind=h.attention, num_heads=h.num_heads, qk_features=h.qk_dim,
+                   v_features=h.d_model, out_features=h.d_model, d_mlp=h.d_mlp,
+                   scale=h.scale, cross=cross, rngs=rngs)
+
+
+def sqnorm_or_none(attn: Attention, k: jax.Array) -> jax.Array | None:
+  """Keys' squared norms [b, kv_len, heads] for l2/metric (cached by decoders), else None."""
+  return None if attn.kind == "softmax" else attn_lib.key_sqnorm(k)
+
+
+# ---------------------------------------------------------------- layers
+
+class EncoderLayer(nnx.Module):
+
+  def __init__(self, h: Hyper, *, rngs: nnx.Rngs):
+    self.attn = make_attention(h, cross=False, rngs=rngs)
+    self.ff = FeedForward(h, rngs=rngs)
+    self.res_attn = Residual(h, rngs=rngs)
+    self.res_ff = Residual(h, rngs=rngs)
+
+  def __call__(self, x: jax.Array, mask: jax.Array, *, train: bool,
+               keys: DropoutKeys) -> jax.Array:
+    """x [b, S, d], mask [b, 1, 1, S] (key is not padding) -> [b, S, d]."""
+    y = self.attn(self.res_attn.inp(x), mask=mask)
+    x = self.res_attn.out(x, y, train=train, key=keys())
+    y = self.ff(self.res_ff.inp(x), train=train, key=keys())
+    return self.res_ff.out(x, y, train=train, key=keys())
+
+
+class DecoderLayer(nnx.Module):
+
+  def __init__(self, h: Hyper, *, rngs: nnx.Rngs):
+    self.self_attn = make_attention(h, cross=False, rngs=rngs)
+    self.cross_attn = make_attention(h, cross=True, rngs=rngs)
+    self.ff = FeedForward(h, rngs=rngs)
+    self.res_self = Residual(h, rngs=rngs)
+    self.res_cross = Residual(h, rngs=rngs)
+    self.res_ff = Residual(h, rngs=rngs)
+
+  def __call__(self, x: jax.Array, memory: jax.Array, self_mask: jax.Array,
+               cross_mask: jax.Array, *, train: bool, keys: DropoutKeys) -> jax.Array:
+    """x [b, T, d], memory [b, S, d], self_mask [1, 1, T, T], cross_mask [b, 1, 1, S]."""
+    y = self.self_attn(self.res_self.inp(x), mask=self_mask)
+    x = self.res_self.out(x, y, train=train, key=keys())
+    y = self.cross_attn(self.res_cross.inp(x), memory, mask=cross_mask)
+    x = self.res_cross.out(x, y, train=train, key=keys())
+    y = self.ff(self.res_ff.inp(x), train=train, key=keys())
+    return self.res_ff.out(x, y, train=train, key=keys())
+
+  def memory_cache(self, memory: jax.Array) -> dict:
+    """Cross-attention keys [b, S, h, dh], values [b, S, h, dv], squared key norms."""
+    a = self.cross_attn
+    k = a.keys(memory)
+    return {"k": k, "v": a.values(memory), "k_sq": sqnorm_or_none(a, k)}
+
+  def empty_cache(self, batch: int, max_len: int) -> dict:
+    """Self-attention cache for `max_len` positions, all zeros."""
+    a = self.self_attn
+    heads = a.num_heads
+    k_dim = a.q_proj.out_features // heads
+    v_dim = a.v_proj.out_features // heads
+    cache = {"k": jnp.zeros((batch, max_len, heads, k_dim), jnp.float32),
+             "v": jnp.zeros((batch, max_len, heads, v_dim), jnp.float32)}
+    if a.kind != "softmax":
+      cache["k_sq"] = jnp.zeros((batch, max_len, heads), jnp.float32)
+    return cache
+
+  def step(self, x: jax.Array, t: jax.Array, cache: dict, memory_cache: dict,
+           cross_mask: jax.Array) -> tuple[jax.Array, dict]:
+    """One position: x [b, 1, d] at position t -> ([b, 1, d], updated self-attention cache)."""
+    a = self.self_attn
+    hin = self.res_self.inp(x)
+    k_new = a.keys(hin)
+    put = lambda buf, new: jax.lax.dynamic_update_slice_in_dim(buf, new.astype(buf.dtype), t, 1)
+    cache = dict(cache, k=put(cache["k"], k_new), v=put(cache["v"], a.values(hin)))
+    if "k_sq" in cache:
+      cache["k_sq"] = put(cache["k_sq"], attn_lib.key_sqnorm(k_new))
+    mask = (jnp.arange(cache["k"].shape[1]) <= t)[None, None, None, :]
+    y = a.attend(a.queries(hin), cache["k"], cache["v"], mask, k_sqnorm=cache.get("k_sq"))
+    x = self.res_self.out(x, y, train=False, key=None)
+    c = self.cross_attn
+    m = memory_cache
+    y = c.attend(c.queries(self.res_cross.inp(x)), m["k"], m["v"], cross_mask,
+                 k_sqnorm=m["k_sq"])
+    x = self.res_cross.out(x, y, train=False, key=None)
+    y = self.ff(self.res_ff.inp(x), train=False, key=None)
+    return self.res_ff.out(x, y, train=False, key=None), cache
+
+
+# ---------------------------------------------------------------- stacks
+
+class Encoder(nnx.Module):
+  """Token ids [b, S] -> hidden states [b, S, d] (final LayerNorm under pre-LN)."""
+
+  def __init__(self, embed: nnx.Embed, h: Hyper, *, rngs: nnx.Rngs):
+    self.embedder = Embedder(embed, h, rngs=rngs)
+    self.layers = nnx.List([EncoderLayer(h, rngs=rngs) for _ in range(h.num_layers)])
+    self.final_norm = (nnx.LayerNorm(h.d_model, epsilon=h.ln_eps, rngs=rngs)
+                       if h.norm == "pre" else None)
+
+  def __call__(self, tokens: jax.Array, *, train: bool, keys: DropoutKeys) -> jax.Array:
+    check_length(tokens.shape[1], self.embedder.max_len)
+    x = self.embedder(tokens, jnp.arange(tokens.shape[1]), train=train, key=keys())
+    mask = (tokens != PAD)[:, None, None, :]
+    for layer in self.layers:
+      x = layer(x, mask, train=train, keys=keys)
+    return self.final_norm(x) if self.final_norm is not None else x
+
+
+class Decoder(nnx.Module):
+  """Target input ids [b, T] and memory [b, S, d] -> hidden states [b, T, d]."""
+
+  def __init__(self, embed: nnx.Embed, h: Hyper, *, rngs: nnx.Rngs):
+    self.embedder = Embedder(embed, h, rngs=rngs)
+    self.layers = nnx.List([DecoderLayer(h, rngs=rngs) for _ in range(h.num_layers)])
+    self.final_norm = (nnx.LayerNorm(h.d_model, epsilon=h.ln_eps, rngs=rngs)
+                       if h.norm == "pre" else None)
+
+  def _finish(self, x: jax.Array) -> jax.Array:
+    return self.final_norm(x) if self.final_norm is not None else x
+
+  def __call__(self, tgt_in: jax.Array, memory: jax.Array, src_valid: jax.Array, *,
+               train: bool, keys: DropoutKeys) -> jax.Array:
+    """tgt_in [b, T], memory [b, S, d], src_valid bool [b, S] -> [b, T, d]."""
+    length = tgt_in.shape[1]
+    check_length(length, self.embedder.max_len)
+    x = self.embedder(tgt_in, jnp.arange(length), train=train, key=keys())
+    causal = jnp.tril(jnp.ones((length, length), bool))[None, None]
+    cross = src_valid[:, None, None, :]
+    for layer in self.layers:
+      x = layer(x, memory, causal, cross, train=train, keys=keys)
+    return self._finish(x)
+
+  def step(self, token: jax.Array, t: jax.Array, caches: list[dict],
+           memory_caches: list[dict], src_valid: jax.Array) -> tuple[jax.Array, list[dict]]:
+    """token int [b] at position t -> (hidden [b, d], updated caches)."""
+    x = self.embedder(token[:, None], t[None], train=False, key=None)
+    cross = src_valid[:, None, None, :]
+    new = []
+    for layer, cache, mem in zip(self.layers, caches, memory_caches):
+      x, cache = layer.step(x, t, cache, mem, cross)
+      new.append(cache)
+    return self._finish(x)[:, 0], new
+
+
+# ---------------------------------------------------------------- models
+
+class Transformer(nnx.Module):
+  """Encoder-decoder: (src [b, S], tgt_in [b, T]) -> logits [b, T, tgt_vocab].
+
+  Decoding pieces (used by metricattn.models.decoding): `encode`, `decode`, `init_cache`,
+  `step`.
+  """
+
+  def __init__(self, src_vocab: int, tgt_vocab: int, h: Hyper, *, rngs: nnx.Rngs):
+    if h.share_embeddings and src_vocab != tgt_vocab:
+      raise UserError(f"model.share_embeddings needs one vocabulary; source has {src_vocab} "
+                      f"tokens, target {tgt_vocab} (set data.shared_vocab=True)")
+    self.hyper = h
+    src_embed = nnx.Embed(src_vocab, h.d_model, rngs=rngs)
+    tgt_embed = src_embed if h.share_embeddings else nnx.Embed(tgt_vocab, h.d_model, rngs=rngs)
+    self.encoder = Encoder(src_embed, h, rngs=rngs)
+    self.decoder = Decoder(tgt_embed, h, rngs=rngs)
+    self.out = None if h.tie_output else nnx.Linear(h.d_model, tgt_vocab, rngs=rngs)
+
+  def logits(self, hidden: jax.Array) -> jax.Array:
+    """[..., d] -> [..., tgt_vocab]."""
+    if self.out is None:
+      return self.decoder.embedder.embed.attend(hidden)
+    return self.out(hidden)
+
+  def encode(self, src: jax.Array, *, train: bool = False, rngs=None) -> jax.Array:
+    """src [b, S] -> memory [b, S, d]."""
+    return self.encoder(src, train=train, keys=check_rngs(self.hyper, train, rngs))
+
+  def decode(self, tgt_in: jax.Array, memory: jax.Array, src: jax.Array) -> jax.Array:
+    """Uncached, evaluation mode: tgt_in [b, T], memory [b, S, d] -> logits [b, T, V]."""
+    hidden = self.decoder(tgt_in, memory, src != PAD, train=False, keys=DropoutKeys(None))
+    return self.logits(hidden)
+
+  def __call__(self, src: jax.Array, tgt_in: jax.Array, *, train: bool = False,
+               rngs=None) -> jax.Array:
+    keys = check_rngs(self.hyper, train, rngs)
+    memory = self.encoder(src, train=train, keys=keys)
+    return self.logits(self.decoder(tgt_in, memory, src != PAD, train=train, keys=keys))
+
+  def init_cache(self, memory: jax.Array, max_len: int) -> tuple[list[dict], list[dict]]:
+    """(self-attention caches for max_len positions, cross-attention memory caches)."""
+    check_length(max_len, self.hyper.max_len)
+    layers = self.decoder.layers
+    return ([layer.empty_cache(memory.shape[0], max_len) for layer in layers],
+            [layer.memory_cache(memory) for layer in layers])
+
+  def step(self, token: jax.Array, t: jax.Array, caches: list[dict],
+           memory_caches: list[dict], src: jax.Array) -> tuple[jax.Array, list[dict]]:
+    """token int [b] at position t -> (logits [b, V], updated caches)."""
+    hidden, caches = self.decoder.step(token, t, caches, memory_caches, src != PAD)
+    return self.logits(hidden), caches
+
+
+class EncoderClassifier(nnx.Module):
+  """The encoder as a classifier: x int32 [b, L] (0 = padding) -> logits [b, num_classes].
+
+  pool "mean": mean of the valid positions' final states; "cls": a class token (an extra
+  embedding row, id = vocab_size) is prepended and its final state is used.
+  """
+
+  def __init__(self, vocab_size: int, num_classes: int, h: Hyper, *, pool: str,
+               rngs: nnx.Rngs):
+    if pool not in POOLS:
+      raise UserError(f"unknown model.pool {pool!r}; allowed: {', '.join(POOLS)}")
+    self.hyper = h
+    self.pool = pool
+    self.cls_id = vocab_size
+    embed = nnx.Embed(vocab_size + (pool == "cls"), h.d_model, rngs=rngs)
+    self.encoder = Encoder(embed, h, rngs=rngs)
+    self.head = nnx.Linear(h.d_model, num_classes, rngs=rngs)
+
+  def __call__(self, x: jax.Array, *, train: bool = False, rngs=None) -> jax.Array:
+    keys = check_rngs(self.hyper, train, rngs)
+    if self.pool == "cls":
+      x = jnp.concatenate([jnp.full((x.shape[0], 1), self.cls_id, x.dtype), x], axis=1)
+    hidden = self.encoder(x, train=train, keys=keys)
+    if self.pool == "cls":
+      return self.head(hidden[:, 0])
+    valid = (x != PAD).astype(hidden.dtype)[..., None]
+    pooled = jnp.sum(hidden * valid, axis=1) / jnp.maximum(jnp.sum(valid, axis=1), 1.0)
+    return self.head(pooled)

@@ -1,0 +1,37 @@
+"""Helpers shared by the tests: tiny configs and running the CLI."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+from ml_collections import config_flags  # noqa: F401  (ensures ml_collections is importable)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_config(path: str, arg: str | None = None, **overrides):
+  """Config from a configs/ file with dotted-key overrides, e.g. train__steps=5."""
+  import importlib.util
+  spec = importlib.util.spec_from_file_location("cfg", ROOT / path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config(arg)
+  for key, value in overrides.items():
+    node = config
+    *parents, leaf = key.split("__")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return config
+
+
+def tiny_moons(**overrides):
+  base = dict(train__steps=40, train__log_every=10, train__eval_every=20,
+              train__checkpoint_every=20)
+  base.update(overrides)
+  return load_config("configs/moons_ipn.py", **base)
+
+
+def cli(*args, env=None, timeout=300) -> subprocess.CompletedProcess:
+  return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, capture_output=True,
+                        text=True, env=env, timeout=timeout)

@@ -1,0 +1,90 @@
+"""The attention layer: kinds, tied projections, metric/l2 nesting, softmax/jax match."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from metricattn.errors import UserError
+from metricattn.layers import Attention
+
+
+def layer(kind, **kw):
+  args = dict(kind=kind, num_heads=2, qk_features=8, d_mlp=6, v_features=8, out_features=5)
+  args.update(kw)
+  return Attention(6, rngs=nnx.Rngs(0), **args)
+
+
+def x_and_mask(n=7):
+  x = jax.random.normal(jax.random.key(1), (3, n, 6))
+  mask = jax.random.bernoulli(jax.random.key(2), 0.8, (3, 1, n, n)) | jnp.eye(n, dtype=bool)
+  return x, mask
+
+
+def test_metric_with_zero_mlp_output_equals_l2():
+  x, mask = x_and_mask()
+  metric, l2 = layer("metric"), layer("l2")
+  for name in ("q_proj", "v_proj", "out_proj"):  # same P, values and output as the l2 layer
+    setattr(metric, name, getattr(l2, name))
+  metric.k_proj = metric.q_proj
+  assert not np.allclose(metric(x, mask=mask), l2(x, mask=mask))  # g nonlinear by default
+  metric.g.out.kernel[...] = jnp.zeros_like(metric.g.out.kernel[...])
+  metric.g.out.bias[...] = jnp.zeros_like(metric.g.out.bias[...])
+  np.testing.assert_array_equal(metric(x, mask=mask), l2(x, mask=mask))
+
+
+def test_softmax_matches_jax_dot_product_attention():
+  x, mask = x_and_mask()
+  m = layer("softmax", v_features=8, out_features=None)
+  q, k, v = m.queries(x), m.keys(x), m.values(x)
+  ref = jax.nn.dot_product_attention(q, k, v, mask=mask).reshape(3, 7, 8)
+  np.testing.assert_allclose(m(x, mask=mask), ref, atol=1e-6)
+
+
+def test_l2_matches_explicit_distance_of_tied_projection():
+  x, _ = x_and_mask()
+  m = layer("l2", num_heads=1, out_features=None)
+  z = m.q_proj(x)
+  d2 = jnp.sum((z[:, :, None] - z[:, None]) ** 2, -1)
+  w = jax.nn.softmax(-d2 / jnp.sqrt(8.0), axis=-1)
+  np.testing.assert_allclose(m(x), jnp.einsum("bqk,bkd->bqd", w, m.v_proj(x)), atol=1e-5)
+
+
+def test_tied_and_separate_projections():
+  count = lambda m: sum(a.size for a in jax.tree.leaves(nnx.state(m, nnx.Param)))
+  p = 6 * 8 + 8  # one projection, kernel + bias
+  assert count(layer("softmax")) - count(layer("l2")) == p  # l2 self-attention ties q and k
+  assert count(layer("l2", cross=True)) == count(layer("softmax"))  # cross: its own P per side
+  mlp = 8 * 6 + 6 + 6 * 8 + 8
+  assert count(layer("metric")) - count(layer("l2")) == mlp
+  assert count(layer("metric", cross=True)) - count(layer("l2", cross=True)) == mlp  # g shared
+  m = layer("l2")
+  assert m.q_proj is m.k_proj
+
+
+def test_cross_attention_shapes():
+  m = layer("metric", cross=True, kv_features=4)
+  x, y = jnp.ones((2, 3, 6)), jnp.ones((2, 5, 4))
+  assert m(x, y).shape == (2, 3, 5)
+
+
+def test_no_value_projection_propagates_features():
+  """H_new = S H_old: with no value/output projection rows of S average the inputs."""
+  m = layer("l2", v_features=None, out_features=None)
+  x, _ = x_and_mask()
+  out = m(x)
+  assert out.shape == x.shape
+  # Each output is a convex combination of the inputs: inside their coordinate-wise range.
+  assert np.all(out <= x.max(1, keepdims=True) + 1e-6)
+  assert np.all(out >= x.min(1, keepdims=True) - 1e-6)
+
+
+def test_unknown_kind_names_the_allowed_kinds():
+  with pytest.raises(UserError, match="unknown attention kind 'dot'; allowed: softmax, l2, metric"):
+    layer("dot")
+
+
+def test_heads_must_divide_width():
+  with pytest.raises(UserError, match="does not divide into 3 heads"):
+    layer("l2", num_heads=3)
