@@ -16,8 +16,8 @@ attend to no key returns zeros (never NaN).
 
 L2 attention uses the identity  -||q - k||^2 = 2 q.k - ||q||^2 - ||k||^2.  The ||q||^2 term
 is constant along a softmax row and cancels, so the logits are `scale * (2 q.k - ||k||^2)`:
-the cost of dot-product attention plus a per-key bias, with no
-[..., q_len, kv_len, head_dim] intermediate.
+dot-product attention with a per-key bias, computed as one matmul of vectors augmented by
+one coordinate, with no [..., q_len, kv_len, head_dim] intermediate.
 """
 
 from __future__ import annotations
@@ -64,7 +64,8 @@ def masked_softmax_attend(logits: Array, v: Array, mask: Array | None) -> Array:
 def dot_product_logits(q: Array, k: Array, *, scale: float | None = None) -> Array:
   """float32 logits `scale * q.k`, shape [batch, heads, q_len, kv_len]."""
   s = _default_scale(q.shape[-1], scale)
-  return s * jnp.einsum("bqhd,bkhd->bhqk", q.astype(jnp.float32), k.astype(jnp.float32))
+  # Scaling q ([.., q_len, d]) is cheaper than scaling the logits ([.., q_len, kv_len]).
+  return jnp.einsum("bqhd,bkhd->bhqk", s * q.astype(jnp.float32), k.astype(jnp.float32))
 
 
 def key_sqnorm(k: Array) -> Array:
@@ -79,13 +80,18 @@ def l2_logits(q: Array, k: Array, *, scale: float | None = None,
 
   Shape [batch, heads, q_len, kv_len]. `k_sqnorm` ([batch, kv_len, heads]) may be passed
   when it is already known, e.g. from a decoding cache.
+
+  One matmul of augmented vectors, [2 s q, -s] . [k, ||k||^2] = s (2 q.k - ||k||^2): the
+  per-key bias and its gradient ride along in the matmul instead of costing an extra pass
+  over the [q_len, kv_len] logits (measured by scripts/bench_attention.py).
   """
   s = _default_scale(q.shape[-1], scale)
+  q32, k32 = q.astype(jnp.float32), k.astype(jnp.float32)
   if k_sqnorm is None:
     k_sqnorm = key_sqnorm(k)
-  qk = jnp.einsum("bqhd,bkhd->bhqk", q.astype(jnp.float32), k.astype(jnp.float32))
-  bias = jnp.transpose(k_sqnorm.astype(jnp.float32), (0, 2, 1))[:, :, None, :]
-  return s * (2.0 * qk - bias)
+  q_aug = jnp.concatenate([(2.0 * s) * q32, jnp.full((*q.shape[:-1], 1), -s, jnp.float32)], -1)
+  k_aug = jnp.concatenate([k32, k_sqnorm.astype(jnp.float32)[..., None]], -1)
+  return jnp.einsum("bqhd,bkhd->bhqk", q_aug, k_aug)
 
 
 def dot_product_attention(q: Array, k: Array, v: Array, *, mask: Array | None = None,
