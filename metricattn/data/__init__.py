@@ -12,6 +12,8 @@ Classification batches hold `x` (float32 [batch, ...]) and `y` (int32 [batch]); 
 batches may add `weight` (float32 [batch]; 0 for padding or context examples that are not
 scored) and, for set models such as the IPN, `mask` (bool [batch, batch]; which example may
 attend to which).
+
+Translation batches hold int32 `src`, `tgt_in`, `tgt_out` (see metricattn/data/translation.py).
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from __future__ import annotations
 from metricattn.errors import UserError
 
 IMAGE_NAMES = ("mnist", "fashion_mnist", "cifar10", "digits")  # metricattn.data.images
-NAMES = ("moons", *IMAGE_NAMES)
+TRANSLATION_NAMES = ("multi30k", "synthetic_translation")  # metricattn.data.translation
+NAMES = ("moons", *IMAGE_NAMES, *TRANSLATION_NAMES)
 
 
 def get_dataset(config):
@@ -30,4 +33,10 @@ def get_dataset(config):
   if name in IMAGE_NAMES:
     from metricattn.data.images import ImageData
     return ImageData(config)
+  if name == "multi30k":
+    from metricattn.data.translation import Multi30kData
+    return Multi30kData(config)
+  if name == "synthetic_translation":
+    from metricattn.data.synthetic_translation import SyntheticTranslation
+    return SyntheticTranslation(config)
   raise UserError(f"unknown dataset {name!r}; allowed: {', '.join(NAMES)}")

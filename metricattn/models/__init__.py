@@ -8,7 +8,7 @@ from flax import nnx
 
 from metricattn.errors import UserError
 
-FAMILIES = ("ipn", "vit")
+FAMILIES = ("ipn", "vit", "transformer", "transformer_encoder")
 
 
 def build_model(config, info: dict, rngs: nnx.Rngs) -> nnx.Module:
@@ -23,4 +23,7 @@ def build_model(config, info: dict, rngs: nnx.Rngs) -> nnx.Module:
   if m.name == "vit":
     from metricattn.models import vit
     return vit.from_config(m, info, rngs)
+  if m.name in ("transformer", "transformer_encoder"):
+    from metricattn.models import transformer
+    return transformer.from_config(m, info, rngs)
   raise UserError(f"unknown model {m.name!r}; allowed: {', '.join(FAMILIES)}")

@@ -4,6 +4,9 @@ image [b, H, W, C] -> patches [b, N, p*p*C] -> linear embedding [b, N, width]
   (+ class token) + learned position embeddings -> dropout
   -> `depth` pre-LN blocks: x + Dropout(Attention(LN(x))), then x + MLP(LN(x))
   -> LN -> class token or mean of the tokens -> linear head -> logits [b, classes]
+Class token zero-initialised, position embeddings N(0, 0.02^2), head kernel zero (as
+big_vision), other layers Flax defaults. Dropout keys are split from the one `rngs` key given
+at call time, so the model is a pure function of (params, x, train, key).
 
 The attention kind (softmax, l2, metric) is the only thing that differs between kinds: same
 width, depth, heads and MLP. l2 and metric share one query/key projection (so they have
