@@ -58,6 +58,15 @@ def shard_batch(batch: dict, sharding: NamedSharding) -> dict:
   return {k: jax.device_put(np.asarray(v), sharding) for k, v in batch.items()}
 
 
+def build(config):
+  """(data, task, graphdef, params) of a config: what training and evaluation share."""
+  data = get_dataset(config)
+  task = get_task(config)
+  model = build_model(config, data.info, nnx.Rngs(params=config.seed))
+  graphdef, params = nnx.split(model)
+  return data, task, graphdef, params
+
+
 # ---------------------------------------------------------------- the step
 
 def make_train_step(graphdef, task, tx, base_key):
@@ -119,10 +128,7 @@ def train_and_evaluate(config, workdir: str | Path) -> dict:
     raise UserError(f"data.batch_size {config.data.batch_size} does not divide over "
                     f"{jax.device_count()} devices; use a multiple of {jax.device_count()}")
 
-  data = get_dataset(config)
-  task = get_task(config)
-  model = build_model(config, data.info, nnx.Rngs(params=config.seed))
-  graphdef, params = nnx.split(model)
+  data, task, graphdef, params = build(config)
   tx = make_optimizer(config)
   params = jax.device_put(params, replicated)
   opt_state = jax.device_put(tx.init(params), replicated)
@@ -130,10 +136,11 @@ def train_and_evaluate(config, workdir: str | Path) -> dict:
   # Restore the latest checkpoint of this workdir, if any.
   ckpt = Checkpointer(workdir, config.train.keep_checkpoints)
   meta = {"step": 0, "train_seconds": 0.0, "timed_steps": 0, "wall_seconds": 0.0,
-          "window": {}, "window_steps": 0}
+          "data_seconds": 0.0, "window": {}, "window_steps": 0}
   start = ckpt.latest_step() or 0
   if start:
-    state, meta = ckpt.restore(start, {"params": params, "opt_state": opt_state})
+    state, restored = ckpt.restore(start, {"params": params, "opt_state": opt_state})
+    meta.update(restored)
     params, opt_state = state["params"], state["opt_state"]
   writer = MetricWriter(workdir, config, total, start)
   writer.info(f"{workdir}: {config.model.name}/{config.model.attention}, "
@@ -184,7 +191,9 @@ def train_and_evaluate(config, workdir: str | Path) -> dict:
 
   for step in range(start, total):
     if step > start:
+      t = time.perf_counter()
       batch = shard_batch(data.train_batch(step), data_sharding)
+      meta["data_seconds"] += time.perf_counter() - t
     params, opt_state, metrics = train_step(params, opt_state, batch, jnp.int32(step))
     pending.append(metrics)
     done = step + 1
@@ -226,6 +235,10 @@ def train_and_evaluate(config, workdir: str | Path) -> dict:
       step=total, attention=config.model.attention, num_params=num_params(params),
       steps_per_second=timed / meta["train_seconds"] if meta["train_seconds"] else None,
       compile_seconds=compile_seconds,
+      # Host time spent making batches, as a share of training time (an upper bound on the
+      # time the device waited for data: batches are made while the previous step runs).
+      data_wait_fraction=(meta["data_seconds"] / meta["train_seconds"]
+                          if meta["train_seconds"] else None),
       wall_seconds=meta["wall_seconds"] + time.perf_counter() - wall_start,
       devices=jax.device_count(), platform=jax.devices()[0].platform)
   (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
