@@ -131,7 +131,8 @@ def _file(directory: Path, kind: str, name: str) -> Path:
   return directory / (f"spm_{name}.model" if kind == "sentencepiece" else f"vocab_{name}.txt")
 
 
-def load_or_build(directory: Path, spec: dict, texts: dict[str, list[str]]) -> dict[str, Tokenizer]:
+def load_or_build(directory: Path, spec: dict,
+                  texts: dict[str, list[str]]) -> dict[str, Tokenizer]:
   """Tokenizers by name ("joint" or each language of `texts`), loaded from `directory` or
   built from the training `texts` (name -> lines) and saved there.
 
@@ -154,7 +155,8 @@ def load_or_build(directory: Path, spec: dict, texts: dict[str, list[str]]) -> d
       else:
         tokens = build_word_vocab(lines, spec["min_freq"])
         _write_atomic(path, ("\n".join(tokens) + "\n").encode("utf-8"))
-    out[name] = SentencePieceTokenizer(path) if kind == "sentencepiece" else WordTokenizer.load(path)
+    is_spm = kind == "sentencepiece"
+    out[name] = SentencePieceTokenizer(path) if is_spm else WordTokenizer.load(path)
   if not meta_path.exists():
     _write_atomic(meta_path, (json.dumps(spec) + "\n").encode())
   return out

@@ -418,3 +418,13 @@ class EncoderClassifier(nnx.Module):
     valid = (x != PAD).astype(hidden.dtype)[..., None]
     pooled = jnp.sum(hidden * valid, axis=1) / jnp.maximum(jnp.sum(valid, axis=1), 1.0)
     return self.head(pooled)
+
+
+def from_config(m, info: dict, rngs: nnx.Rngs) -> nnx.Module:
+  """`transformer` from info src/tgt_vocab_size; `transformer_encoder` from info
+  vocab_size/num_classes and model.pool."""
+  h = hyper_from_config(m)
+  if m.name == "transformer_encoder":
+    return EncoderClassifier(info["vocab_size"], info["num_classes"], h, pool=m.pool,
+                             rngs=rngs)
+  return Transformer(info["src_vocab_size"], info["tgt_vocab_size"], h, rngs=rngs)
