@@ -16,6 +16,9 @@ from metricattn.errors import UserError
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (path:args).",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and metrics.")
+_SEEDS = flags.DEFINE_string(
+    "seeds", None, "Train these seeds ('0:10', '0,3') vmapped in one program, in "
+    "WORKDIR/seed=N; overrides config.seed.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -63,8 +66,12 @@ def run(fn, *args) -> None:
 def main(argv) -> None:
   del argv
   enable_compilation_cache()
-  from metricattn.train import train_and_evaluate
-  run(train_and_evaluate, _CONFIG.value, _WORKDIR.value)
+  from metricattn.train import train_and_evaluate, train_seeds
+  if _SEEDS.value:
+    from metricattn.sweep import parse_seeds
+    run(train_seeds, _CONFIG.value, parse_seeds(_SEEDS.value), _WORKDIR.value)
+  else:
+    run(train_and_evaluate, _CONFIG.value, _WORKDIR.value)
 
 
 if __name__ == "__main__":

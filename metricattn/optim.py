@@ -9,6 +9,12 @@ Fields:
   grad_clip     clip the gradient's global norm to this value before anything else (0: off).
   schedule      "constant", "cosine" (decay to 0 over train.steps) or "warmup_cosine".
   warmup_steps  linear warm-up steps for "warmup_cosine".
+  plateau       optional ReduceLROnPlateau on an evaluation metric, a dict with
+                factor (multiply the learning rate by this; 0 disables), patience
+                (evaluations without improvement before reducing), start_step (evaluations
+                before this step are ignored: warm-up), split and metric (e.g. "val",
+                "loss"; lower is better). Stepped by the trainer after each evaluation;
+                its state is checkpointed.
 """
 
 from __future__ import annotations
@@ -46,3 +52,35 @@ def make_optimizer(config) -> optax.GradientTransformation:
     raise UserError(f"unknown optimizer.name {o.name!r}; allowed: adam, adamw")
   parts.append(optax.scale_by_learning_rate(make_schedule(o, config.train.steps)))
   return optax.chain(*parts)
+
+
+class Plateau:
+  """ReduceLROnPlateau (PyTorch semantics, mode min, relative threshold 1e-4) on the host.
+
+  `scale` multiplies the learning rate; `state` is JSON and goes into checkpoints.
+  """
+
+  def __init__(self, config):
+    p = config.optimizer.get("plateau")
+    self.enabled = bool(p) and p.factor > 0
+    self.p = p
+    self.state = {"best": None, "bad": 0, "scale": 1.0}
+
+  @property
+  def scale(self) -> float:
+    return self.state["scale"]
+
+  def update(self, step: int, evals: list[dict]) -> None:
+    if not self.enabled or step < self.p.start_step:
+      return
+    if self.p.split not in evals[0]:
+      raise UserError(f"optimizer.plateau.split {self.p.split!r} is not evaluated; "
+                      f"evaluated: {', '.join(evals[0])}")
+    value = evals[0][self.p.split][self.p.metric]
+    s = self.state
+    if s["best"] is None or value < s["best"] * (1 - 1e-4):
+      s["best"], s["bad"] = value, 0
+    else:
+      s["bad"] += 1
+    if s["bad"] > self.p.patience:
+      s["scale"], s["bad"] = s["scale"] * self.p.factor, 0

@@ -8,6 +8,10 @@ Each point runs `python -m metricattn.main` in its own process, in
 ROOT/<key>=<value>/.../seed=<s>. `--grid` values become config arguments (after `:`);
 `--set` adds `--config.KEY=VALUE` overrides to every run. A run whose workdir has
 summary.json is skipped; an interrupted one resumes from its checkpoint.
+
+With `--vmap-seeds` all seeds of a grid point train in one process and one compiled
+program (the step vmapped over seeds; for small models such as the IPN), with the same
+workdir layout; the point's checkpoints are in ROOT/<key>=<value>/checkpoints.
 """
 
 from __future__ import annotations
@@ -41,27 +45,34 @@ def grid_points(grid: list[str]) -> list[dict[str, str]]:
 
 
 def plan(config: str, grid: list[str], seeds: list[int], root: Path,
-         overrides: list[str]) -> list[tuple[Path, list[str]]]:
-  """(workdir, command) for every grid point and seed."""
+         overrides: list[str], vmap_seeds: bool = False) -> list[tuple[list[Path], list[str]]]:
+  """(workdirs, command) for every process: one per grid point and seed, or per grid point
+  with `vmap_seeds`."""
   runs = []
   base, _, base_args = config.partition(":")
   for point in grid_points(grid):
     args = ",".join([a for a in [base_args] if a] + [f"{k}={v}" for k, v in point.items()])
+    point_dir = root.joinpath(*[f"{k}={v}" for k, v in point.items()])
+    head = [sys.executable, "-m", "metricattn.main", f"--config={base}:{args}"]
+    tail = [f"--config.{o}" for o in overrides]
+    if vmap_seeds:
+      runs.append(([point_dir / f"seed={s}" for s in seeds],
+                   head + [f"--workdir={point_dir}", f"--seeds={','.join(map(str, seeds))}"] + tail))
+      continue
     for seed in seeds:
-      workdir = root.joinpath(*[f"{k}={v}" for k, v in point.items()], f"seed={seed}")
-      cmd = [sys.executable, "-m", "metricattn.main", f"--config={base}:{args}",
-             f"--workdir={workdir}", f"--config.seed={seed}"]
-      cmd += [f"--config.{o}" for o in overrides]
-      runs.append((workdir, cmd))
+      workdir = point_dir / f"seed={seed}"
+      runs.append(([workdir], head + [f"--workdir={workdir}", f"--config.seed={seed}"] + tail))
   return runs
 
 
-def run_one(workdir: Path, cmd: list[str]) -> tuple[Path, int, float]:
-  workdir.mkdir(parents=True, exist_ok=True)
+def run_one(workdirs: list[Path], cmd: list[str]) -> tuple[Path, int, float]:
+  """Runs one process; its output goes to log.txt in its (first) workdir's parent or itself."""
+  logdir = workdirs[0] if len(workdirs) == 1 else workdirs[0].parent
+  logdir.mkdir(parents=True, exist_ok=True)
   t = time.perf_counter()
-  with open(workdir / "log.txt", "a") as log:
+  with open(logdir / "log.txt", "a") as log:
     rc = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT)
-  return workdir, rc, time.perf_counter() - t
+  return logdir, rc, time.perf_counter() - t
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -72,9 +83,11 @@ def main(argv: list[str] | None = None) -> int:
   p.add_argument("--root", required=True, type=Path, help="parent of the run workdirs")
   p.add_argument("--jobs", type=int, default=1, help="runs in parallel")
   p.add_argument("--set", nargs="*", default=[], help="KEY=VALUE config overrides")
+  p.add_argument("--vmap-seeds", action="store_true",
+                 help="train all seeds of a grid point in one vmapped program")
   a = p.parse_args(argv)
-  runs = plan(a.config, a.grid, parse_seeds(a.seeds), a.root, a.set)
-  todo = [(w, c) for w, c in runs if not (w / "summary.json").exists()]
+  runs = plan(a.config, a.grid, parse_seeds(a.seeds), a.root, a.set, a.vmap_seeds)
+  todo = [(w, c) for w, c in runs if not all((d / "summary.json").exists() for d in w)]
   print(f"{len(runs)} runs, {len(runs) - len(todo)} already finished, {len(todo)} to run "
         f"with {a.jobs} job(s)", flush=True)
   failed = 0

@@ -20,12 +20,13 @@ def read_jsonl(path: str | Path) -> list[dict]:
 class MetricWriter:
   """Writes `{"step", "split", metric...}` records; `resume_step` drops records after it."""
 
-  def __init__(self, workdir: Path, config, total_steps: int, resume_step: int):
+  def __init__(self, workdir: Path, config, total_steps: int, resume_step: int,
+               progress: bool = True):
     self.path = workdir / "metrics.jsonl"
     kept = [r for r in read_jsonl(self.path) if r["step"] <= resume_step]
     self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
     self.bar = None
-    if sys.stderr.isatty():
+    if progress and sys.stderr.isatty():
       from tqdm import tqdm
       self.bar = tqdm(total=total_steps, initial=resume_step, unit="step", dynamic_ncols=True)
     self.wandb = None
