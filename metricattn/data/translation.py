@@ -56,6 +56,7 @@ from metricattn.errors import UserError
 
 PAD, BOS, EOS = tok.PAD, tok.BOS, tok.EOS
 MULTI30K_FILES = {"train": "train", "val": "val", "test": "test_2016_flickr"}
+MULTI30K_SIZES = {"train": 29_000, "val": 1_014, "test": 1_000}  # sentence pairs per split
 MULTI30K_SOURCE = "https://github.com/multi30k/dataset/tree/master/data/task1/raw"
 
 
@@ -109,6 +110,11 @@ class ParallelData:
     self.info = {"src_vocab_size": src_vocab_size, "tgt_vocab_size": tgt_vocab_size,
                  "pad_id": PAD, "bos_id": BOS, "eos_id": EOS, "src_len": src_len,
                  "tgt_len": tgt_len, "num_train": len(train_src), "num_truncated": truncated}
+
+  @property
+  def splits(self) -> tuple[str, ...]:
+    """Every split held (train and the evaluated ones), for `metricattn.evaluate`."""
+    return tuple(self.arrays)
 
   def train_batch(self, step: int) -> dict[str, np.ndarray]:
     a = self.arrays["train"]
