@@ -4,8 +4,8 @@ For one manifold, one seeded draw X of N_max points is made and X[:N] is the sam
 (nested samples, so the N-trend is not blurred by independent draws). For each (N, eps):
 
   total     ||est - L H|| / ||L H|| over all N sample points and all test functions
-  variance  ||est - pop|| / ||L H|| over the first `n_sub` points, pop being the N = infinity
-            estimate (`population_estimate`, quadrature) at the same points
+  variance  ||est - pop|| / ||L H|| over the first min(n_sub, min(ns)) points, pop being
+            the N = infinity estimate (`population_estimate`, quadrature) at the same points
   bias      ||pop - L H|| / ||L H|| over the same points (depends on eps only)
 
 Theory (Singer 2006): bias ~ c_b eps, variance ~ c_v / sqrt(N eps^(d/2 + 1)).
@@ -33,6 +33,7 @@ class GridResult:
   bias: np.ndarray
   constants: list[tuple[float, float]]     # (alpha, beta) of the population estimate per eps
   seconds: float
+  n_sub: int                               # points of the bias / variance split
 
   @property
   def rate(self) -> float:
@@ -92,4 +93,4 @@ def run_grid(manifold, ns: list[int], epss: list[float], *, seed: int, n_sub: in
     log(f"  {manifold.name} N={n}: best eps {epss[int(np.argmin(total[i]))]:.4g}, "
         f"error {total[i].min():.4f} ({time.time() - t0:.0f} s)")
   return GridResult(manifold.name, manifold.dim, list(ns), list(epss), total, variance, bias,
-                    constants, time.time() - t0)
+                    constants, time.time() - t0, sub.stop)
