@@ -1,26 +1,52 @@
-"""Summarise the runs under a root into report.md; reads only the workdirs.
+"""Summarise the runs under a root into report.md, report.json and figures; reads only the
+workdirs.
 
-  python -m metricattn.report runs/moons
+  python -m metricattn.report runs/moons [--target 0.95]
 
 Runs are grouped by their path below ROOT without the `seed=N` part (one group per grid
-point, e.g. `attention=metric`). Per group: the final test metric's mean ± std, min and max
-over seeds, the per-seed values, the final training loss and steps per second.
+point, e.g. `attention=metric`). The headline metric is the first of METRICS that every run
+has (test accuracy, else test BLEU, ...); higher is better for all of them. Per group:
+  - the final metric's mean ± std (sample std over seeds), median, min, max;
+  - the best evaluation (the highest value of the metric at any evaluation of a run, mean
+    over seeds);
+  - steps to reach the target (the first evaluation at or above it; median over the seeds
+    that reached it, and how many did) and the same in seconds of training time
+    (steps / steps_per_second: compilation and evaluation excluded);
+  - the training-loss AUC (trapezoid area under the logged training loss divided by the
+    step span, i.e. the average training loss) and jitter (mean absolute change between
+    consecutive logged training losses), means over seeds;
+  - final training loss, steps per second, parameter count.
+Each group is compared with the `softmax` group of the same grid point (the path with
+`attention=softmax`): difference of means with a 95% percentile bootstrap interval (seeded),
+Welch's t-test and Mann-Whitney U two-sided p-values. Figures: curves.png (training loss and
+the metric over steps: mean over seeds, band min..max) and violin.png (final metric).
+
+The target comes from --target, else from ROOT/experiment.json (written by
+`python -m metricattn.experiment`, which also gives the budget and command for the header).
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
-import statistics
+import os
+import platform
 import sys
 from pathlib import Path
 
+from metricattn import plots, stats
+from metricattn.writers import read_jsonl
+
 # The headline metric of a run, by preference.
 METRICS = ("test/accuracy", "test/bleu", "val/accuracy", "val/bleu")
+BASELINE = "softmax"
 
+
+# ---------------------------------------------------------------- loading
 
 def load_runs(root: Path) -> list[dict]:
-  """One dict per finished run: summary plus `group`, `seed`, `workdir`."""
+  """One dict per finished run: summary plus `group`, `seed`, `workdir`, `records`."""
   runs = []
   for path in sorted(root.rglob("summary.json")):
     workdir = path.parent
@@ -28,8 +54,13 @@ def load_runs(root: Path) -> list[dict]:
     config = json.loads((workdir / "config.json").read_text())
     parts = [p for p in workdir.relative_to(root).parts if not p.startswith("seed=")]
     runs.append({**summary, "group": "/".join(parts) or ".", "seed": config["seed"],
-                 "workdir": str(workdir)})
+                 "workdir": str(workdir), "records": read_jsonl(workdir / "metrics.jsonl")})
   return runs
+
+
+def load_experiment(root: Path) -> dict | None:
+  path = root / "experiment.json"
+  return json.loads(path.read_text()) if path.exists() else None
 
 
 def headline_metric(runs: list[dict]) -> str:
@@ -39,57 +70,284 @@ def headline_metric(runs: list[dict]) -> str:
   raise SystemExit(f"error: the runs share none of the metrics {', '.join(METRICS)}")
 
 
+def series(records: list[dict], split: str, key: str) -> plots.Curve:
+  """(steps, values) of `key` in the records of `split`, in step order."""
+  rows = sorted((r["step"], r[key]) for r in records if r["split"] == split and key in r)
+  return [s for s, _ in rows], [v for _, v in rows]
+
+
+def group_runs(runs: list[dict]) -> dict[str, list[dict]]:
+  groups: dict[str, list[dict]] = {}
+  for r in sorted(runs, key=lambda r: (r["group"], r["seed"])):
+    groups.setdefault(r["group"], []).append(r)
+  return groups
+
+
+# ---------------------------------------------------------------- statistics
+
+def run_stats(run: dict, metric: str, target: float | None) -> dict:
+  """Per-run measures: final and best metric, steps/seconds to target, loss AUC and jitter."""
+  split, key = metric.split("/")
+  eval_steps, eval_values = series(run["records"], split, key)
+  loss_steps, losses = series(run["records"], "train", "loss")
+  reached = None if target is None else stats.first_reaching(eval_steps, eval_values, target)
+  sps = run.get("steps_per_second")
+  return {"final": run[metric], "best": max(eval_values, default=run[metric]),
+          "steps_to_target": reached,
+          "seconds_to_target": reached / sps if reached is not None and sps else None,
+          "loss_auc": stats.curve_auc(loss_steps, losses), "loss_jitter": stats.jitter(losses),
+          "final_loss": run.get("train/loss"), "steps_per_second": sps}
+
+
+def _mean(values) -> float | None:
+  v = [x for x in values if x is not None]
+  return sum(v) / len(v) if v else None
+
+
+def _median(values) -> float | None:
+  v = [x for x in values if x is not None]
+  return stats.summarize(v)["median"] if v else None
+
+
+def group_stats(rs: list[dict], metric: str, target: float | None) -> dict:
+  """Aggregates over the seeds of one group."""
+  per = [run_stats(r, metric, target) for r in rs]
+  col = lambda k: [p[k] for p in per]
+  return {"attention": rs[0].get("attention", "?"), "seeds": [r["seed"] for r in rs],
+          "final": stats.summarize(col("final")), "final_values": col("final"),
+          "best_mean": _mean(col("best")),
+          "steps_to_target": _median(col("steps_to_target")),
+          "seconds_to_target": _median(col("seconds_to_target")),
+          "has_target": target is not None,
+          "reached": sum(s is not None for s in col("steps_to_target")),
+          "loss_auc": _mean(col("loss_auc")), "loss_jitter": _mean(col("loss_jitter")),
+          "final_loss": _mean(col("final_loss")),
+          "steps_per_second": _mean(col("steps_per_second")),
+          "num_params": rs[0].get("num_params"), "per_run": per}
+
+
+def baseline_of(name: str, groups: dict[str, dict]) -> str | None:
+  """The softmax group of the same grid point as `name` (None for softmax groups)."""
+  if groups[name]["attention"] == BASELINE:
+    return None
+  parts = name.split("/")
+  swapped = "/".join(f"attention={BASELINE}" if p.startswith("attention=") else p
+                     for p in parts)
+  if swapped != name and swapped in groups:
+    return swapped
+  softmax = [n for n, g in groups.items() if g["attention"] == BASELINE]
+  return softmax[0] if len(softmax) == 1 else None
+
+
+def comparisons(groups: dict[str, dict]) -> list[dict]:
+  out = []
+  for name, g in groups.items():
+    base = baseline_of(name, groups)
+    if base is not None:
+      out.append({"group": name, "baseline": base,
+                  **stats.compare(g["final_values"], groups[base]["final_values"])})
+  return out
+
+
+# ---------------------------------------------------------------- rendering
+
 def fmt(x, digits: int = 4) -> str:
   return "n/a" if x is None else f"{x:.{digits}f}"
 
 
-def summarize(values: list[float]) -> dict:
-  return {"mean": statistics.fmean(values),
-          "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-          "min": min(values), "max": max(values), "n": len(values)}
+def metric_digits(metric: str) -> int:
+  """Decimals for a metric: BLEU (0..100) with 2, accuracies with 4."""
+  return 2 if "bleu" in metric else 4
 
 
-def render(root: Path, runs: list[dict]) -> str:
-  metric = headline_metric(runs)
-  groups: dict[str, list[dict]] = {}
-  for r in sorted(runs, key=lambda r: (r["group"], r["seed"])):
-    groups.setdefault(r["group"], []).append(r)
-  lines = [f"# Report: {root}", "",
-           f"{len(runs)} finished runs; headline metric `{metric}` (final evaluation). "
-           "Std is the sample standard deviation over seeds.", "",
-           f"| group | attention | seeds | {metric} mean ± std | min | max | "
-           "final train loss (mean) | steps/s (mean) | params |",
-           "|---|---|---|---|---|---|---|---|---|"]
-  for name, rs in groups.items():
-    s = summarize([r[metric] for r in rs])
-    loss = statistics.fmean(r["train/loss"] for r in rs)
-    sps = [r["steps_per_second"] for r in rs if r.get("steps_per_second")]
+def fmt_p(p: float | None) -> str:
+  return "n/a" if p is None else (f"{p:.2e}" if p < 1e-3 else f"{p:.3f}")
+
+
+def machine_description() -> str:
+  """E.g. '2-core x86_64 CPU (Intel(R) Xeon(R) ...), Linux, Python 3.11, JAX 0.10.2'."""
+  model = ""
+  try:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+      if line.startswith("model name"):
+        model = line.split(":", 1)[1].strip()
+        break
+  except OSError:
+    pass
+  import jax
+  return (f"{os.cpu_count()}-core {platform.machine()} CPU{f' ({model})' if model else ''}, "
+          f"{platform.system()}, Python {platform.python_version()}, JAX {jax.__version__}, "
+          f"backend {jax.default_backend()}")
+
+
+def header_lines(root: Path, runs: list[dict], metric: str, target: float | None,
+                 experiment: dict | None) -> list[str]:
+  now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+  lines = [f"# Report: {experiment['title'] if experiment else root}", ""]
+  if experiment:
+    lines += [f"- Experiment: `{experiment['name']}`, budget **`{experiment['budget']}`** "
+              f"({experiment.get('budget_note', '')})",
+              f"- Command: `{experiment['command']}`",
+              f"- Runs: `{experiment.get('sweep', '')}`"]
+  writer = "by the command above" if experiment else f"by `python -m metricattn.report {root}`"
+  last = max((Path(r["workdir"]) / "summary.json").stat().st_mtime for r in runs)
+  finished = datetime.datetime.fromtimestamp(last, datetime.timezone.utc)
+  lines += [f"- Machine: {machine_description()}",
+            f"- Runs finished: {finished:%Y-%m-%d %H:%M} UTC (the newest summary.json); "
+            f"report written: {now}, {writer}",
+            f"- {len(runs)} finished runs; headline metric `{metric}` (final evaluation; "
+            f"higher is better); target {fmt(target) if target is not None else 'none'}.", ""]
+  return lines
+
+
+SUMMARY_HEAD = ("| group | attention | seeds | {m} mean ± std | median | min | max | best eval "
+                "(mean) | steps to target (median, reached) | seconds to target | train-loss "
+                "AUC/step | train-loss jitter | final train loss | steps/s | params |")
+
+
+def target_cell(g: dict) -> str:
+  n = g["final"]["n"]
+  if not g["has_target"]:
+    return "n/a"
+  if not g["reached"]:
+    return f"not reached (0/{n})"
+  return f"{g['steps_to_target']:.0f} ({g['reached']}/{n})"
+
+
+def summary_table(groups: dict[str, dict], metric: str) -> list[str]:
+  d = metric_digits(metric)
+  lines = [SUMMARY_HEAD.format(m=metric), "|" + "---|" * 15]
+  for name, g in groups.items():
+    f, n = g["final"], g["final"]["n"]
+    steps = target_cell(g)
     lines.append(
-        f"| {name} | {rs[0]['attention']} | {s['n']} | {fmt(s['mean'])} ± {fmt(s['std'])} | "
-        f"{fmt(s['min'])} | {fmt(s['max'])} | {fmt(loss)} | "
-        f"{fmt(statistics.fmean(sps), 1) if sps else 'n/a'} | {rs[0]['num_params']} |")
-  lines += ["", "## Per seed", "", f"| group | seed | {metric} | final train loss | steps/s |",
-            "|---|---|---|---|---|"]
-  for name, rs in groups.items():
-    for r in rs:
-      lines.append(f"| {name} | {r['seed']} | {fmt(r[metric])} | {fmt(r['train/loss'])} | "
-                   f"{fmt(r.get('steps_per_second'), 1)} |")
+        f"| {name} | {g['attention']} | {n} | {fmt(f['mean'], d)} ± {fmt(f['std'], d)} | "
+        f"{fmt(f['median'], d)} | {fmt(f['min'], d)} | {fmt(f['max'], d)} | "
+        f"{fmt(g['best_mean'], d)} | "
+        f"{steps} | {fmt(g['seconds_to_target'], 1)} | {fmt(g['loss_auc'])} | "
+        f"{fmt(g['loss_jitter'])} | {fmt(g['final_loss'])} | {fmt(g['steps_per_second'], 1)} | "
+        f"{g['num_params']} |")
+  return lines
+
+
+def comparison_table(comps: list[dict], metric: str) -> list[str]:
+  d = metric_digits(metric)
+  if not comps:
+    return ["No comparison: the runs have no `softmax` group to compare with.", ""]
+  lines = [f"Difference of the mean final `{metric}` of each group minus its `softmax` "
+           "baseline; 95% percentile bootstrap interval (10,000 resamples of each group, "
+           "seed 0); two-sided p-values of Welch's t-test and the Mann-Whitney U test.", "",
+           "| comparison | difference of means | 95% bootstrap interval | Welch t p | "
+           "Mann-Whitney U p |", "|---|---|---|---|---|"]
+  for c in comps:
+    lines.append(f"| {c['group']} vs {c['baseline']} | {c['diff']:+.{d}f} | "
+                 f"[{c['ci_low']:+.{d}f}, {c['ci_high']:+.{d}f}] | {fmt_p(c['welch_p'])} | "
+                 f"{fmt_p(c['mannwhitney_p'])} |")
+  return lines + [""]
+
+
+def per_seed_table(groups: dict[str, dict], runs_by_group: dict[str, list[dict]],
+                   metric: str) -> list[str]:
+  d = metric_digits(metric)
+  lines = [f"| group | seed | {metric} | best eval | final train loss | steps/s |",
+           "|---|---|---|---|---|---|"]
+  for name, rs in runs_by_group.items():
+    for r, p in zip(rs, groups[name]["per_run"]):
+      lines.append(f"| {name} | {r['seed']} | {fmt(p['final'], d)} | {fmt(p['best'], d)} | "
+                   f"{fmt(p['final_loss'])} | {fmt(p['steps_per_second'], 1)} |")
+  return lines
+
+
+def robustness_lines(root: Path) -> list[str]:
+  """The table of ROOT/robustness.md (written by metricattn.robustness), if there is one."""
+  path = root / "robustness.md"
+  if not path.exists():
+    return []
+  body = [l for l in path.read_text().splitlines() if not l.startswith("# ")]
+  while body and not body[0].strip():
+    body.pop(0)
+  return ["## Robustness (beyond the paper)", "", *body, ""]
+
+
+def write_figures(root: Path, runs_by_group: dict[str, list[dict]], metric: str,
+                  title: str) -> list[tuple[str, str, str]]:
+  """Writes curves.png and violin.png into root; returns (file, alt text, caption)."""
+  split, key = metric.split("/")
+  curves = {name: {"loss": [series(r["records"], "train", "loss") for r in rs],
+                   "metric": [series(r["records"], split, key) for r in rs]}
+            for name, rs in runs_by_group.items()}
+  plots.plot_curves(curves, [("loss", "training loss"), ("metric", metric)],
+                    root / "curves.png", title)
+  plots.plot_violin({n: [r[metric] for r in rs] for n, rs in runs_by_group.items()},
+                    f"final {metric}", root / "violin.png", title)
+  return [("curves.png", "training curves", "Training loss and the headline metric over "
+                                             "steps: mean over seeds, band min..max over seeds."),
+          ("violin.png", "final metric", f"Final {metric} per group; dots are seeds.")]
+
+
+def render(root: Path, runs: list[dict], *, target: float | None = None,
+           experiment: dict | None = None, figures: bool = True) -> tuple[str, dict]:
+  """(report.md text, report.json content); writes the figures when `figures`."""
+  metric = headline_metric(runs)
+  runs_by_group = group_runs(runs)
+  groups = {n: group_stats(rs, metric, target) for n, rs in runs_by_group.items()}
+  comps = comparisons(groups)
+  lines = header_lines(root, runs, metric, target, experiment)
+  lines += ["## Summary per group", "", *summary_table(groups, metric), "",
+            "Std: sample standard deviation over seeds. Steps to target: the first "
+            "evaluation at or above the target (median over the seeds that reached it). "
+            "Seconds: those steps at the run's training speed (compilation and evaluation "
+            "excluded). AUC/step: area under the logged training loss divided by the step "
+            "span (the average training loss). Jitter: mean absolute change between "
+            "consecutive logged training losses (each a mean over `train.log_every` steps; "
+            "it includes the descent itself, so compare it between groups of equal loss "
+            "curves' shape with care).",
+            "", "## Comparison with softmax", "", *comparison_table(comps, metric)]
+  if figures:
+    title = experiment["title"] if experiment else str(root)
+    lines += ["## Figures", ""]
+    for file, alt, caption in write_figures(root, runs_by_group, metric, title):
+      lines += [f"![{alt}]({file})", "", caption, ""]
+  lines += robustness_lines(root)
+  lines += ["## Per seed", "", *per_seed_table(groups, runs_by_group, metric)]
   platforms = sorted({f"{r.get('platform', '?')} x{r.get('devices', '?')}" for r in runs})
-  lines += ["", f"Devices: {', '.join(platforms)}. Steps/s excludes compilation and "
-            "evaluation pauses."]
-  return "\n".join(lines) + "\n"
+  in_program = sorted({r.get("seeds_in_program", 1) for r in runs})
+  lines += ["", f"Devices: {', '.join(platforms)}; seeds per compiled program: "
+            f"{', '.join(map(str, in_program))}. Steps/s excludes compilation and evaluation "
+            "pauses; with several seeds in one program it is the program's speed (all its "
+            "seeds advance one step)."]
+  data = {"metric": metric, "target": target, "experiment": experiment,
+          "groups": {n: {k: v for k, v in g.items()} for n, g in groups.items()},
+          "comparisons": comps}
+  return "\n".join(lines) + "\n", data
+
+
+def write_report(root: Path, *, target: float | None = None,
+                 experiment: dict | None = None) -> str:
+  """Writes ROOT/report.md, report.json and the figures; returns the markdown."""
+  runs = load_runs(root)
+  if not runs:
+    raise FileNotFoundError(f"no finished runs (summary.json) under {root}")
+  experiment = experiment or load_experiment(root)
+  if target is None and experiment:
+    target = experiment.get("target")
+  text, data = render(root, runs, target=target, experiment=experiment)
+  (root / "report.md").write_text(text)
+  (root / "report.json").write_text(json.dumps(data, indent=2) + "\n")
+  return text
 
 
 def main(argv: list[str] | None = None) -> int:
   p = argparse.ArgumentParser(description="Write ROOT/report.md from the runs under ROOT.")
   p.add_argument("root", type=Path)
+  p.add_argument("--target", type=float, default=None,
+                 help="metric value for 'steps to target' (default: ROOT/experiment.json's)")
   a = p.parse_args(argv)
-  runs = load_runs(a.root)
-  if not runs:
-    print(f"error: no finished runs (summary.json) under {a.root}", file=sys.stderr)
+  try:
+    text = write_report(a.root, target=a.target)
+  except FileNotFoundError as e:
+    print(f"error: {e}", file=sys.stderr)
     return 2
-  text = render(a.root, runs)
-  (a.root / "report.md").write_text(text)
   print(text)
   print(f"wrote {a.root / 'report.md'}")
   return 0

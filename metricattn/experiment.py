@@ -1,0 +1,192 @@
+"""Run one experiment of `metricattn.experiments` end to end and write its report.
+
+  python -m metricattn.experiment moons --budget quick \
+      [--root runs/experiments/moons/quick] [--jobs N] [--results experiments/results/moons]
+  python -m metricattn.experiment --list
+
+Steps: check the config and the data; record the definition in ROOT/experiment.json; run the
+sweep (attention kinds x seeds; seeds vmapped in one program where the experiment says so);
+for image classifiers, the robustness evaluation (`metricattn.robustness`); then
+ROOT/report.md with its figures (`metricattn.report`). Every step skips finished work, so
+after an interrupt the same command finishes the experiment. `--results DIR` copies the
+report and its figures to DIR. Run it from the repository root (configs and data
+directories are relative to it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import shlex
+import shutil
+import sys
+from pathlib import Path
+
+from metricattn import experiments
+from metricattn.errors import UserError
+
+REPO = Path(__file__).resolve().parents[1]
+OUTPUTS = ("report.md", "report.json", "curves.png", "violin.png", "robustness.md",
+           "robustness.json", "robustness.png")
+
+
+def config_path(exp: experiments.Experiment) -> Path:
+  path = REPO / exp.config
+  if not path.exists():
+    raise UserError(f"experiment {exp.name} needs {exp.config}, which does not exist yet")
+  return path
+
+
+def load_config(exp: experiments.Experiment, budget: str, kind: str):
+  """The config of one grid point, with the budget's overrides, built in this process."""
+  path = config_path(exp)
+  spec = importlib.util.spec_from_file_location(f"config_{exp.name}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  _, _, args = exp.config_arg(budget).partition(":")
+  config = module.get_config(",".join(a for a in (args, f"attention={kind}") if a))
+  for item in exp.budget(budget).overrides:
+    set_override(config, item)
+  return config
+
+
+def set_override(config, item: str) -> None:
+  """Applies 'a.b=value' like --config.a.b=value, converting to the field's type."""
+  key, _, text = item.partition("=")
+  *parents, leaf = key.split(".")
+  node = config
+  for p in parents:
+    node = node[p]
+  old = node[leaf]
+  if isinstance(old, bool):
+    node[leaf] = text.lower() in ("1", "true")
+  elif old is None:
+    node[leaf] = float(text)
+  else:
+    node[leaf] = type(old)(text)
+
+
+def preflight(config) -> None:
+  """Fails early, with one line, when the data is missing."""
+  if config.data.name == "multi30k":
+    from metricattn.data.translation import multi30k_texts
+    multi30k_texts(config.data, (config.data.src_lang, config.data.tgt_lang))
+  elif config.task == "classification":
+    from metricattn.data import get_dataset
+    get_dataset(config)
+
+
+def sweep_args(exp: experiments.Experiment, budget: str, root: Path,
+               jobs: int | None) -> list[str]:
+  b = exp.budget(budget)
+  config = os.path.relpath(config_path(exp)) + exp.config_arg(budget)[len(exp.config):]
+  args = [f"--config={config}", "--grid",
+          f"attention={','.join(exp.kinds)}", "--seeds", f"0:{b.seeds}", "--root", str(root),
+          "--jobs", str(jobs or b.jobs)]
+  if b.overrides:
+    args += ["--set", *b.overrides]
+  return args + (["--vmap-seeds"] if exp.vmap_seeds else [])
+
+
+def record(root: Path, exp: experiments.Experiment, budget: str, sweep: list[str],
+           command: str) -> dict:
+  """Writes ROOT/experiment.json; refuses a root that holds another definition."""
+  b = exp.budget(budget)
+  definition = {"config": exp.config_arg(budget), "kinds": list(exp.kinds),
+                "seeds": b.seeds, "overrides": list(b.overrides), "vmap_seeds": exp.vmap_seeds}
+  path = root / "experiment.json"
+  if path.exists():
+    old = json.loads(path.read_text())
+    if old.get("definition") != definition:
+      raise UserError(f"{root} holds runs of another definition ({old.get('name')}, budget "
+                      f"{old.get('budget')}); use another --root")
+  meta = {"name": exp.name, "title": exp.title, "budget": budget, "budget_note": b.note,
+          "metric": exp.metric, "target": exp.target, "definition": definition,
+          "command": command, "sweep": "python -m metricattn.sweep " + shlex.join(sweep)}
+  root.mkdir(parents=True, exist_ok=True)
+  path.write_text(json.dumps(meta, indent=2) + "\n")
+  return meta
+
+
+def first_errors(root: Path, limit: int = 3) -> list[str]:
+  """The `error:` lines of failed runs' logs under root."""
+  found = []
+  for log in sorted(root.rglob("log.txt")):
+    found += [f"{log}: {l}" for l in log.read_text().splitlines() if l.startswith("error:")]
+  return found[:limit]
+
+
+def copy_results(root: Path, results: Path) -> None:
+  results.mkdir(parents=True, exist_ok=True)
+  for name in OUTPUTS:
+    if (root / name).exists():
+      shutil.copy2(root / name, results / name)
+
+
+def run(name: str, budget: str, root: Path | None, jobs: int | None,
+        results: Path | None, command: str, robust: bool = True) -> int:
+  from metricattn.report import write_report
+  from metricattn.sweep import main as sweep_main
+  exp = experiments.get(name)
+  exp.budget(budget)
+  root = root or Path("runs/experiments") / name / budget
+  preflight(load_config(exp, budget, exp.kinds[0]))
+  sweep = sweep_args(exp, budget, root, jobs)
+  meta = record(root, exp, budget, sweep, command)
+  print(f"experiment {name}, budget {budget}: {meta['sweep']}", flush=True)
+  if sweep_main(sweep) != 0:
+    for line in first_errors(root):
+      print(line, file=sys.stderr)
+    raise UserError(f"some runs of {name} failed (logs under {root}); fix the cause and rerun "
+                    "the same command to finish")
+  if exp.robustness and robust:
+    from metricattn import robustness
+    args = [*exp.robustness_args, *exp.budget(budget).robustness_args]
+    if robustness.main([f"--workdir={root}", *args]) != 0:
+      raise UserError(f"the robustness evaluation of {root} failed")
+  write_report(root, experiment=meta)
+  print(f"wrote {root / 'report.md'}")
+  if results:
+    copy_results(root, results)
+    print(f"copied the report and figures to {results}")
+  return 0
+
+
+def list_experiments() -> str:
+  lines = []
+  for e in experiments.EXPERIMENTS.values():
+    exists = "" if (REPO / e.config).exists() else f"  [missing {e.config}]"
+    lines.append(f"{e.name:24s} {e.title}{exists}")
+    for b, budget in e.budgets.items():
+      lines.append(f"  {b:6s} {budget.note}")
+  return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("name", nargs="?", help=f"one of {', '.join(experiments.EXPERIMENTS)}")
+  p.add_argument("--budget", default="quick", help="full, quick or test")
+  p.add_argument("--root", type=Path, default=None,
+                 help="where the runs go (default runs/experiments/NAME/BUDGET)")
+  p.add_argument("--jobs", type=int, default=None, help="processes in parallel")
+  p.add_argument("--results", type=Path, default=None, help="copy report and figures here")
+  p.add_argument("--no-robustness", action="store_true",
+                 help="skip the robustness evaluation of image classifiers")
+  p.add_argument("--list", action="store_true", help="list the experiments and budgets")
+  a = p.parse_args(argv)
+  if a.list or not a.name:
+    print(list_experiments())
+    return 0
+  command = "python -m metricattn.experiment " + shlex.join(sys.argv[1:] if argv is None
+                                                           else argv)
+  try:
+    return run(a.name, a.budget, a.root, a.jobs, a.results, command, not a.no_robustness)
+  except UserError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+  sys.exit(main())

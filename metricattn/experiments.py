@@ -1,0 +1,155 @@
+"""The paper's comparisons as experiment definitions: one entry per figure (and ours).
+
+Each entry names a base config, the grid (attention kind x seeds, 10 seeds as in the
+paper), the headline metric, the target used for "steps to target", whether seeds train
+vmapped in one program, and budgets:
+  full   what the paper's comparison needs (10 seeds, the configs' full length); sized for
+         GPUs except where noted.
+  quick  runs on the project's 2-core x86_64 CPU in minutes (fewer steps, sometimes fewer
+         seeds or a smaller model; the report says which).
+  test   a few steps and 2 seeds, for the test suite.
+`python -m metricattn.experiment NAME --budget quick` runs one end to end (see there).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from metricattn.errors import UserError
+
+KINDS = ("softmax", "l2", "metric")
+
+
+@dataclasses.dataclass(frozen=True)
+class Budget:
+  """How long and how many: config arguments (after ':'), overrides, seeds, parallel jobs."""
+  args: str = ""
+  overrides: tuple[str, ...] = ()
+  seeds: int = 10
+  jobs: int = 1
+  note: str = ""
+  robustness_args: tuple[str, ...] = ()   # appended to the experiment's
+
+
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+  name: str
+  title: str
+  config: str                      # path below the repository root
+  metric: str                      # headline metric of the report, e.g. test/accuracy
+  target: float                    # for "steps to target"
+  budgets: dict[str, Budget]
+  args: str = ""                   # config arguments shared by every budget
+  kinds: tuple[str, ...] = KINDS
+  vmap_seeds: bool = False
+  robustness: bool = False         # also run metricattn.robustness after training
+  robustness_args: tuple[str, ...] = ()
+
+  def budget(self, name: str) -> Budget:
+    if name not in self.budgets:
+      raise UserError(f"experiment {self.name} has no budget {name!r}; allowed: "
+                      f"{', '.join(self.budgets)}")
+    return self.budgets[name]
+
+  def config_arg(self, budget: str) -> str:
+    """`configs/x.py:a=1,b=2` with the shared and the budget's arguments."""
+    args = ",".join(a for a in (self.args, self.budget(budget).args) if a)
+    return f"{self.config}:{args}" if args else self.config
+
+
+# Short test runs: every evaluation and checkpoint interval is crossed.
+TEST_OVERRIDES = ("train.log_every=5", "train.eval_every=10", "train.checkpoint_every=10")
+
+
+def ipn(dataset: str, title: str, target: float, full_steps: int, full_where: str,
+        quick: Budget, source: str = "") -> Experiment:
+  """The paper's MNIST comparison (Fig. 3): IPN on images as vectors, on one dataset."""
+  return Experiment(
+      name=f"ipn_{dataset}", title=title, config="configs/ipn_mnist.py",
+      args=f"dataset={dataset}" + (f",source={source}" if source else ""),
+      metric="test/accuracy", target=target, vmap_seeds=True, robustness=True,
+      robustness_args=("--max-examples=1000",),
+      budgets={"full": Budget(f"steps={full_steps}", note=f"{full_steps:,} steps, 10 seeds "
+                              f"vmapped per kind; {full_where}"),
+               "quick": quick,
+               "test": Budget("steps=20", TEST_OVERRIDES, seeds=2, note="tests only")})
+
+
+EXPERIMENTS = {e.name: e for e in [
+    Experiment(
+        name="moons", title="Moon, IPN (paper Fig. 4)", config="configs/moons_ipn.py",
+        metric="test/accuracy", target=0.95, vmap_seeds=True, robustness=True,
+        robustness_args=("--sigmas=0,0.1,0.2,0.3,0.5,0.8", "--eps=0,0.05,0.1,0.2,0.3,0.5"),
+        budgets={
+            "full": Budget("steps=10000", note="10,000 steps (2,500 epochs), 10 seeds "
+                           "vmapped per kind; the paper gives no length; a few minutes on "
+                           "a CPU, no GPU needed"),
+            "quick": Budget("steps=2000", note="2,000 steps (500 epochs, the config's "
+                            "default), 10 seeds vmapped per kind; about 2 minutes on the "
+                            "2-core CPU"),
+            "test": Budget("steps=20", TEST_OVERRIDES, seeds=2, note="tests only")}),
+    ipn("mnist", "MNIST, IPN (paper Fig. 3)", 0.95, 27_500, "50 epochs; one GPU",
+        Budget("steps=1000", ("train.eval_every=250", "train.checkpoint_every=500"),
+               note="1,000 steps (about 2 epochs), 10 seeds vmapped per kind; needs MNIST "
+                    "prepared for tensorflow-datasets (online once)")),
+    ipn("fashion_mnist", "Fashion-MNIST, IPN (paper Fig. 3 on Fashion-MNIST)", 0.8, 27_500,
+        "50 epochs; one GPU",
+        Budget("steps=1000", ("train.eval_every=250", "train.checkpoint_every=500"),
+               note="1,000 steps (about 2 epochs), 10 seeds vmapped per kind; offline "
+                    "(Debian's dataset-fashion-mnist)")),
+    ipn("digits", "Digits 8x8, IPN (paper Fig. 3 on scikit-learn digits)", 0.9, 10_000,
+        "about 700 epochs; a CPU suffices (about 20 minutes on the 2-core CPU, estimated "
+        "from the quick budget's speed)",
+        Budget("steps=1500", ("train.eval_every=100", "train.checkpoint_every=500"),
+               note="1,500 steps (about 100 epochs), 10 seeds vmapped per kind; offline")),
+    Experiment(
+        name="multi30k", title="Multi30k EN-DE, Transformer (paper Fig. 6)",
+        config="configs/multi30k_transformer.py", metric="test/bleu", target=30.0,
+        budgets={
+            "full": Budget("schedule=paper", note="the paper's optimizer, 1,000 epochs, 10 "
+                           "seeds, 6+6 layers d_model 512; weeks of GPU time in total "
+                           "(see the config's cost estimate)"),
+            "quick": Budget("schedule=fast,epochs=1,batch=64",
+                            ("model.num_layers=2", "model.d_model=128", "model.qk_dim=128",
+                             "model.d_mlp=64", "model.d_ff=256", "model.num_heads=4",
+                             "model.dropout=0.0", "data.vocab_size=2000",
+                             "data.max_len=48", "model.max_len=48"),
+                            seeds=3,
+                            note="OURS, not the paper's model: 2+2 layers d_model 128, one "
+                                 "epoch of the `fast` schedule, 3 seeds; needs the Multi30k "
+                                 "files in data/multi30k"),
+            "test": Budget("schedule=fast,epochs=0.01,batch=32",
+                           ("model.num_layers=1", "model.d_model=32", "model.qk_dim=32",
+                            "model.d_mlp=16", "model.d_ff=64", "model.num_heads=2",
+                            "data.vocab_size=300", "data.max_len=24", "model.max_len=24"),
+                           seeds=2, note="tests only")}),
+    Experiment(
+        name="translation_synthetic",
+        title="Synthetic translation, Transformer (ours: an offline stand-in for Multi30k)",
+        config="configs/translation_synthetic.py", metric="test/bleu", target=90.0,
+        budgets={
+            "full": Budget("steps=2000", note="2,000 steps, 10 seeds"),
+            "quick": Budget("steps=400", seeds=5, jobs=2,
+                            note="400 steps (the config's default), 5 seeds"),
+            "test": Budget("steps=20", ("train.eval_every=10", "train.checkpoint_every=10"),
+                           seeds=2, note="tests only")}),
+    Experiment(
+        name="vit_fashion_mnist", title="Fashion-MNIST, ViT (ours)",
+        config="configs/vit_image.py", args="dataset=fashion_mnist", metric="test/accuracy",
+        target=0.85, robustness=True, robustness_args=("--max-examples=1000",),
+        budgets={
+            "full": Budget("epochs=30,variant=Ti/4", note="ViT-Ti/4, 30 epochs, 10 seeds; "
+                           "one GPU"),
+            "quick": Budget("epochs=0.25,batch=32", ("train.eval_every=143",), seeds=3,
+                            robustness_args=("--max-examples=500", "--pgd-steps=5"),
+                            note="ViT-Mu/4, a quarter epoch at batch 32 (430 steps), 3 seeds; "
+                                 "robustness on 500 test images with PGD-5"),
+            "test": Budget("epochs=0.01", ("train.log_every=1",), seeds=2,
+                           note="tests only")}),
+]}
+
+
+def get(name: str) -> Experiment:
+  if name not in EXPERIMENTS:
+    raise UserError(f"unknown experiment {name!r}; allowed: {', '.join(EXPERIMENTS)}")
+  return EXPERIMENTS[name]

@@ -1,0 +1,97 @@
+"""Statistics of runs over seeds: summaries, curve measures, comparisons of two groups.
+
+Pure functions of lists of numbers (NumPy and SciPy on the host); `metricattn.report` uses
+them, and tests check them on known inputs.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def summarize(values: list[float]) -> dict:
+  """mean, std (sample, ddof 1; 0 for one value), median, min, max and n of `values`."""
+  v = np.asarray(values, np.float64)
+  return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
+          "median": float(np.median(v)), "min": float(v.min()), "max": float(v.max()),
+          "n": len(v)}
+
+
+# ---------------------------------------------------------------- curves
+
+def curve_auc(steps: list[float], values: list[float]) -> float | None:
+  """Trapezoid area under `values` over `steps`, divided by the step span.
+
+  The result is the curve's average height (for a training-loss curve: the mean loss over
+  training), so it does not grow with the budget. None for fewer than two points.
+  """
+  s, v = np.asarray(steps, np.float64), np.asarray(values, np.float64)
+  if len(s) < 2 or s[-1] == s[0]:
+    return None
+  area = float(np.sum((s[1:] - s[:-1]) * (v[1:] + v[:-1]) / 2))
+  return area / float(s[-1] - s[0])
+
+
+def jitter(values: list[float]) -> float | None:
+  """Mean absolute change between consecutive logged values; None for fewer than two."""
+  v = np.asarray(values, np.float64)
+  return float(np.mean(np.abs(np.diff(v)))) if len(v) > 1 else None
+
+
+def first_reaching(steps: list[int], values: list[float], target: float) -> int | None:
+  """The first step whose value is at least `target` (higher is better), or None."""
+  for s, v in zip(steps, values):
+    if v >= target:
+      return int(s)
+  return None
+
+
+# ---------------------------------------------------------------- two groups
+
+def bootstrap_diff(a: list[float], b: list[float], *, reps: int = 10_000, seed: int = 0,
+                   level: float = 0.95) -> tuple[float, float, float]:
+  """mean(a) - mean(b) and its percentile bootstrap interval at `level`.
+
+  Each group is resampled with replacement on its own (the groups are independent runs);
+  the generator is seeded, so the interval is reproducible.
+  """
+  x, y = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  rng = np.random.default_rng(seed)
+  mx = x[rng.integers(0, len(x), (reps, len(x)))].mean(1)
+  my = y[rng.integers(0, len(y), (reps, len(y)))].mean(1)
+  tail = (1 - level) / 2 * 100
+  lo, hi = np.percentile(mx - my, [tail, 100 - tail])
+  return float(x.mean() - y.mean()), float(lo), float(hi)
+
+
+def _p_value(p: float) -> float | None:
+  return None if p is None or math.isnan(p) else float(min(max(p, 0.0), 1.0))
+
+
+def welch_p(a: list[float], b: list[float]) -> float | None:
+  """Two-sided Welch's t-test p-value; None when undefined (too few runs, no variance)."""
+  from scipy import stats
+  if len(a) < 2 or len(b) < 2:
+    return None
+  if np.std(a) == 0 and np.std(b) == 0:
+    return 1.0 if np.mean(a) == np.mean(b) else 0.0
+  return _p_value(stats.ttest_ind(a, b, equal_var=False).pvalue)
+
+
+def mannwhitney_p(a: list[float], b: list[float]) -> float | None:
+  """Two-sided Mann-Whitney U p-value; None when undefined (an empty group)."""
+  from scipy import stats
+  if not len(a) or not len(b):
+    return None
+  if len(set(a) | set(b)) == 1:  # all values tied: no evidence of a difference
+    return 1.0
+  return _p_value(stats.mannwhitneyu(a, b, alternative="two-sided").pvalue)
+
+
+def compare(a: list[float], b: list[float], *, seed: int = 0) -> dict:
+  """Difference of means of a over b with its 95% bootstrap interval, and two p-values."""
+  diff, lo, hi = bootstrap_diff(a, b, seed=seed)
+  return {"diff": diff, "ci_low": lo, "ci_high": hi, "welch_p": welch_p(a, b),
+          "mannwhitney_p": mannwhitney_p(a, b)}

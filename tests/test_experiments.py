@@ -1,0 +1,59 @@
+"""Experiment definitions load; one command runs an experiment end to end and resumes."""
+
+import dataclasses
+import json
+
+import pytest
+
+from metricattn import experiment, experiments
+
+
+@pytest.mark.parametrize("name", list(experiments.EXPERIMENTS))
+def test_definitions_load_with_every_budget(name):
+  exp = experiments.get(name)
+  assert {"full", "quick", "test"} <= set(exp.budgets)
+  assert exp.kinds == ("softmax", "l2", "metric") and exp.budgets["full"].seeds == 10
+  assert exp.metric in ("test/accuracy", "test/bleu")
+  if not (experiment.REPO / exp.config).exists():
+    pytest.skip(f"{exp.config} does not exist yet")
+  for budget in exp.budgets:
+    config = experiment.load_config(exp, budget, "l2")   # overrides hit existing keys
+    assert config.model.attention == "l2"
+
+
+def test_missing_config_is_one_clear_line(monkeypatch, tmp_path, capsys):
+  moons = experiments.EXPERIMENTS["moons"]
+  monkeypatch.setitem(experiments.EXPERIMENTS, "moons",
+                      dataclasses.replace(moons, config="configs/not_written_yet.py"))
+  assert experiment.main(["moons", "--budget", "test", "--root", str(tmp_path)]) == 2
+  err = capsys.readouterr().err.strip()
+  assert err == "error: experiment moons needs configs/not_written_yet.py, which does not " \
+                "exist yet"
+  assert experiment.main(["nope"]) == 2
+  assert "unknown experiment 'nope'" in capsys.readouterr().err
+
+
+def test_moons_test_budget_end_to_end_and_resume(tmp_path, capsys):
+  args = ["moons", "--budget", "test", "--root", str(tmp_path / "exp"), "--jobs", "2",
+          "--no-robustness", "--results", str(tmp_path / "results")]
+  assert experiment.main(args) == 0
+  root = tmp_path / "exp"
+  summaries = sorted(p.parent.relative_to(root).as_posix() for p in root.rglob("summary.json"))
+  assert summaries == [f"attention={k}/seed={s}" for k in ("l2", "metric", "softmax")
+                       for s in (0, 1)]
+  text = (root / "report.md").read_text()
+  assert "budget **`test`**" in text and "python -m metricattn.experiment moons" in text
+  assert "| attention=metric | metric | 2 |" in text and "vs attention=softmax" in text
+  assert (tmp_path / "results" / "report.md").read_text() == text
+  assert (tmp_path / "results" / "curves.png").exists()
+  # An interrupted experiment: a run without its summary and no report yet.
+  (root / "attention=l2" / "seed=1" / "summary.json").unlink()
+  (root / "report.md").unlink()
+  capsys.readouterr()
+  assert experiment.main(args) == 0
+  assert "3 runs, 2 already finished, 1 to run" in capsys.readouterr().out
+  assert (root / "attention=l2" / "seed=1" / "summary.json").exists()
+  assert (root / "report.md").exists()
+  # The same root with another budget is refused.
+  assert experiment.main(["moons", "--budget", "quick", "--root", str(root)]) == 2
+  assert json.loads((root / "experiment.json").read_text())["budget"] == "test"
