@@ -1,6 +1,13 @@
-"""`python -m metricattn.theory --out DIR [--quick]`: see `metricattn.theory.report`."""
+"""`python -m metricattn.theory --out DIR [--quick]`: see `metricattn.theory.report`;
+`python -m metricattn.theory trained [--runs DIR] [--out DIR]`: see `metricattn.theory.trained`."""
+
+import sys
 
 from metricattn.theory.report import main
 
 if __name__ == "__main__":
-  main()
+  if sys.argv[1:2] == ["trained"]:
+    from metricattn.theory.trained import main as trained_main
+    trained_main(sys.argv[2:])
+  else:
+    main()

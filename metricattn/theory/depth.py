@@ -65,12 +65,17 @@ class DepthTrace:
   singular: list[np.ndarray]     # singular values of H_{l+1}, over the largest
 
 
+def cluster_labels(h: np.ndarray, radius: float) -> np.ndarray:
+  """Component index [n] of each row of h in the graph ||h_i - h_j|| < radius."""
+  adj = squareform(pdist(h)) < radius
+  return connected_components(adj, directed=False)[1]
+
+
 def feature_stats(h: np.ndarray, r0: float, rank_tol: float, cluster_tol: float):
   """(rank, clusters, spread, normalised singular values) of features h [n, d]."""
   sv = np.linalg.svd(h, compute_uv=False)
   rank = int(np.sum(sv > rank_tol * sv[0]))
-  adj = squareform(pdist(h)) < cluster_tol * r0
-  clusters = int(connected_components(adj, directed=False)[0])
+  clusters = int(cluster_labels(h, cluster_tol * r0).max() + 1)
   spread = float(np.sqrt(np.mean(np.sum((h - h.mean(0)) ** 2, axis=1))) / r0)
   return rank, clusters, spread, sv / sv[0]
 

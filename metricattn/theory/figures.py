@@ -125,3 +125,80 @@ def depth(traces: dict[str, list[DepthTrace]], path: str) -> None:
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)
+
+
+KIND_COLORS = {"softmax": "C3", "l2": "C0", "metric": "C2"}
+
+
+def trained_stats(results: list, path: str) -> None:
+  """Trained Moon IPNs over layers, one line per run (solid: trained, dashed: init):
+  asymmetry, negative mass, clusters and #eig(S) near 1, lambda2, same-class weight,
+  sigma_2 / sigma_1."""
+  fig, axes = plt.subplots(2, 3, figsize=(16, 8.5))
+  axes = axes.ravel()
+  first = min(q.seed for q in results)
+  for r in results:
+    color, style = KIND_COLORS[r.kind], "-" if r.state == "trained" else "--"
+    lab = f"{r.kind} ({r.state})" if r.seed == first else None
+    att = [l for l in r.layers if l.asym is not None]
+    at = [l.layer for l in att]
+    kw = dict(color=color, marker="o", ms=3, lw=0.8)
+    axes[0].semilogy(at, [max(l.asym, 1e-9) for l in att], style, label=lab, **kw)
+    axes[1].semilogy(at, [max(l.neg, 1e-9) for l in att], style, **kw)
+    layers = [l.layer for l in r.layers]
+    if r.state == "trained":
+      axes[2].semilogy(layers, [l.clusters for l in r.layers], style, color=color, lw=0.8)
+      axes[2].semilogy(at, [l.near_one for l in att], "x", color=color, ms=6)
+    axes[3].plot(at, [l.lambda2 for l in att], style, **kw)
+    axes[4].plot(at, [l.same_class for l in att], style, **kw)
+    axes[5].semilogy(layers, [max(l.sv[1], 1e-9) for l in r.layers], style, **kw)
+  axes[0].set(ylabel="||A(C)|| / ||C||", title="asymmetry of the logits, offsets removed")
+  axes[1].set(ylabel="negative mass", title="non-metric part: negative eigenvalues of sym(C)")
+  axes[2].set(ylabel="count", title="trained: clusters of H (lines), #eig(S) near 1 (x)")
+  axes[3].set(ylabel="lambda2", title="second largest |eigenvalue| of S")
+  axes[4].set(ylabel="weight", title="attention weight on the own class")
+  axes[5].set(ylabel="sigma_2 / sigma_1", title="second singular value of H")
+  axes[0].legend(fontsize=7)
+  ticks = sorted({l.layer for r in results for l in r.layers})
+  for ax in axes:
+    ax.set_xticks(ticks)
+    ax.set_xlabel("layer (0 = embedding)")
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def trained_matrices(runs: dict[str, dict], path: str, title: str) -> None:
+  """Per kind (rows): S of each layer and A(C) of layer 1, points sorted by class and x;
+  last column the final features (top two principal components) coloured by class."""
+  n_layers = len(next(iter(runs.values()))["mats"])
+  cols = n_layers + 2
+  fig, axes = plt.subplots(len(runs), cols, figsize=(3.6 * cols, 3.4 * len(runs)),
+                           squeeze=False)
+  for row, (kind, m) in zip(axes, runs.items()):
+    order = np.lexsort((m["x"][:, 0], m["y"]))
+    for j, (s, _) in enumerate(m["mats"]):
+      norm = matplotlib.colors.LogNorm(vmin=max(s.min(), 1e-5), vmax=s.max())
+      im = row[j].imshow(np.maximum(s[np.ix_(order, order)], 1e-5), cmap="viridis", norm=norm)
+      row[j].set_title(f"{kind}: S, layer {j + 1} (log colours)", fontsize=9)
+      fig.colorbar(im, ax=row[j], fraction=0.046)
+    anti = m["mats"][0][1][np.ix_(order, order)]
+    lim = max(np.abs(anti).max(), 1e-12)
+    im = row[n_layers].imshow(anti, cmap="RdBu_r", vmin=-lim, vmax=lim)
+    row[n_layers].set_title(f"{kind}: A(C), layer 1\nmax |A(C)| = {lim:.2g}", fontsize=9)
+    fig.colorbar(im, ax=row[n_layers], fraction=0.046)
+    h = m["h"] - m["h"].mean(0)
+    pcs = h @ np.linalg.svd(h, full_matrices=False)[2][:2].T
+    for cls, mk in ((0, "o"), (1, "s")):
+      sel = m["y"] == cls
+      row[-1].scatter(pcs[sel & ~m["is_test"], 0], pcs[sel & ~m["is_test"], 1], s=10,
+                      marker=mk, color=f"C{cls}", label=f"class {cls}, context")
+      row[-1].scatter(pcs[sel & m["is_test"], 0], pcs[sel & m["is_test"], 1], s=10,
+                      marker=mk, facecolors="none", edgecolors=f"C{cls}",
+                      label=f"class {cls}, test")
+    row[-1].set_title(f"{kind}: features after layer {n_layers} (PCA)", fontsize=9)
+    row[-1].legend(fontsize=6)
+  fig.suptitle(title)
+  fig.tight_layout()
+  fig.savefig(path, dpi=80)
+  plt.close(fig)

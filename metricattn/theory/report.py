@@ -342,9 +342,10 @@ Spread: RMS radius over r0.
 """
 
 NOT_DONE = """
-## Not done here
+## Trained IPNs
 
-The second half of issue 6, section 3 (per-layer asymmetry and clustering of the attention of
-IPNs trained on the Moon data) needs the trainer, which is being written separately; it is
-left undone.
+The second half of issue 6, section 3 (per layer, how far the attention of IPNs trained on the
+Moon data is from a symmetric, metric kernel, and how their features cluster) is a separate
+command, `python -m metricattn.theory trained`, with its own report:
+[trained/report.md](trained/report.md).
 """
