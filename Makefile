@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 JOBS ?= 2
 
-.PHONY: demo test bench clean-runs
+.PHONY: demo test bench clean-runs fashion-mnist vit-demo ipn-demo bench-vit
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,34 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) scripts/bench_attention.py
+
+# Image track. Fashion-MNIST comes from Debian's dataset-fashion-mnist (IDX files, offline
+# once installed); this installs it when it is missing and apt-get is available.
+FASHION_MNIST := /usr/share/datasets/fashion-mnist
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+fashion-mnist:
+	@if [ -d $(FASHION_MNIST) ]; then echo "Fashion-MNIST: $(FASHION_MNIST)"; \
+	elif command -v apt-get >/dev/null; then \
+	  $(SUDO) apt-get install -y dataset-fashion-mnist || \
+	  { $(SUDO) apt-get update && $(SUDO) apt-get install -y dataset-fashion-mnist; }; \
+	else echo "error: $(FASHION_MNIST) is missing and apt-get is not available; put the" \
+	  "Fashion-MNIST IDX files in a directory and pass --config.data.data_dir=DIR" >&2; exit 1; fi
+
+# ViT, one epoch of Fashion-MNIST per attention kind (configs/vit_image.py).
+vit-demo: $(STAMP) fashion-mnist
+	$(PY) -m metricattn.sweep --config=configs/vit_image.py:dataset=fashion_mnist \
+	  --grid attention=softmax,l2,metric --seeds 0 --root runs/vit-fmnist --jobs 1
+	$(PY) -m metricattn.report runs/vit-fmnist
+
+# The paper's MNIST IPN on Fashion-MNIST, per attention kind (configs/ipn_mnist.py).
+ipn-demo: $(STAMP) fashion-mnist
+	$(PY) -m metricattn.sweep --config=configs/ipn_mnist.py:dataset=fashion_mnist \
+	  --grid attention=softmax,l2,metric --seeds 0 --root runs/ipn-fmnist --jobs 1
+	$(PY) -m metricattn.report runs/ipn-fmnist
+
+bench-vit: $(STAMP)
+	$(PY) scripts/bench_vit.py
 
 clean-runs:
 	rm -rf runs

@@ -66,6 +66,8 @@ class ImageSpec:
   mean, std: per-channel statistics of `pixel / max_value` over the training split.
   tfds_name: the tensorflow-datasets builder name.
   debian_dir, apt_package: where a Debian package installs its IDX files.
+  num_train: size of the official training split (before data.val_size is carved from it),
+    for configs that turn epochs into steps.
   """
   sources: tuple[str, ...]
   max_value: float
@@ -74,15 +76,19 @@ class ImageSpec:
   tfds_name: str = ""
   debian_dir: str = ""
   apt_package: str = ""
+  num_train: int = 0
 
 
 SPECS = {
-    "mnist": ImageSpec(("tfds", "idx"), 255.0, (0.1307,), (0.3081,), "mnist"),
+    "mnist": ImageSpec(("tfds", "idx"), 255.0, (0.1307,), (0.3081,), "mnist",
+                       num_train=60_000),
     "fashion_mnist": ImageSpec(("tfds", "idx"), 255.0, (0.2860,), (0.3530,), "fashion_mnist",
-                               "/usr/share/datasets/fashion-mnist", "dataset-fashion-mnist"),
+                               "/usr/share/datasets/fashion-mnist", "dataset-fashion-mnist",
+                               num_train=60_000),
     "cifar10": ImageSpec(("tfds", "idx"), 255.0, (0.4914, 0.4822, 0.4465),
-                         (0.2470, 0.2435, 0.2616), "cifar10"),
-    "digits": ImageSpec(("digits",), 16.0, (0.3053,), (0.3760,)),
+                         (0.2470, 0.2435, 0.2616), "cifar10", num_train=50_000),
+    "digits": ImageSpec(("digits",), 16.0, (0.3053,), (0.3760,),
+                        num_train=1_797 - DIGITS_TEST_SIZE),
 }
 NAMES = tuple(SPECS)
 

@@ -2,7 +2,18 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
+
+
+@functools.lru_cache(maxsize=4)
+def epoch_permutation(num_examples: int, seed: int, epoch: int) -> np.ndarray:
+  """The read-only seeded permutation of epoch `epoch`, computed once per epoch rather than
+  once per step (2.5 ms for 55,000 examples)."""
+  perm = np.random.default_rng([seed, epoch]).permutation(num_examples)
+  perm.flags.writeable = False
+  return perm
 
 
 def batch_indices(num_examples: int, batch_size: int, seed: int, step: int) -> np.ndarray:
@@ -11,8 +22,7 @@ def batch_indices(num_examples: int, batch_size: int, seed: int, step: int) -> n
     raise ValueError(f"batch size {batch_size} exceeds the {num_examples} training examples")
   per_epoch = num_examples // batch_size
   epoch, pos = divmod(step, per_epoch)
-  perm = np.random.default_rng([seed, epoch]).permutation(num_examples)
-  return perm[pos * batch_size:(pos + 1) * batch_size]
+  return epoch_permutation(num_examples, seed, epoch)[pos * batch_size:(pos + 1) * batch_size]
 
 
 def eval_chunks(num_examples: int, batch_size: int):

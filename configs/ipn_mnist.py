@@ -1,0 +1,87 @@
+"""The paper's MNIST experiment: IPN on images as vectors, softmax, l2 or metric attention.
+
+  python -m metricattn.main --config=configs/ipn_mnist.py:attention=metric,dataset=mnist \
+      --workdir=runs/ipn-mnist-metric
+
+Config arguments (after `:`):
+  attention  softmax | l2 | metric                                      (default metric)
+  dataset    mnist | fashion_mnist | digits                             (default mnist)
+  source     idx | tfds | digits; "" = the dataset's default: tfds for mnist, idx (Debian's
+             dataset-fashion-mnist, offline) for fashion_mnist, digits for digits (default "")
+  steps      training steps (train.steps)                               (default 5000)
+
+Paper settings (Table 2): d_Q 100, d_mlp 100, Adam with coupled L2 weight decay (PyTorch
+`weight_decay`), lr 1e-4, weight decay 1e-4, tanh in the metric MLP. Each image is one
+vector (784 values; 64 for digits) and attention runs across the images of a set.
+
+Choices the paper leaves open (the same for all three kinds):
+  - IPN width 100 (= d_Q), depth 2, one head; blocks are H_new = S H_old with no value/output
+    projection, residual or layer norm, as for Moon.
+  - Logit scale 1/sqrt(d_Q) for all kinds (`model.scale=1.0` gives the paper's Algorithm 1).
+  - Set size 100: each training step is one set of 100 images from a seeded permutation.
+  - 5,000 steps for every dataset: 500,000 images, about 9 epochs of the 55,000 MNIST or
+    Fashion-MNIST training images, 348 of digits' 1,437. Constant lr, no warm-up (Table 2).
+  - Validation: 5,000 training images held out as "val" (none for digits); test is the
+    official test split (digits: a fixed 360 of its 1,797 images).
+  - Evaluation mode `train_context`: each test image attends to itself and a fixed, seeded
+    set of 100 training images, like the training sets, never to other test images, so its
+    prediction does not depend on its batch.
+
+Fields (every one is read by the trainer, the data or the model):
+  seed, task
+  data.name, data.source, data.data_dir, data.download, data.val_size, data.batch_size,
+  data.augment, data.crop_padding          (metricattn/data/images.py; no augmentation)
+  eval.mode, eval.batch_size, eval.context_size   (metricattn/data/arrays.py)
+  model.name, model.attention, model.width, model.depth, model.num_heads, model.qk_dim,
+  model.d_mlp, model.scale, model.residual, model.layer_norm, model.projections
+                                           (metricattn/models/ipn.py)
+  optimizer.name, .lr, .weight_decay, .b1, .b2, .eps, .grad_clip, .schedule,
+  .warmup_steps (read by the warmup_cosine schedule only)   (metricattn/optim.py)
+  train.steps, .log_every, .eval_every, .checkpoint_every, .keep_checkpoints
+  wandb.mode, wandb.project (read when wandb.mode is online or offline)
+
+Runs made (2-core x86_64 CPU, Intel Xeon, JAX 0.10.2, other jobs sharing the machine,
+2026-11-26; numbers copied from each workdir's summary.json):
+  python -m metricattn.main --config=configs/ipn_mnist.py:attention=metric,dataset=fashion_mnist \
+      --workdir=runs/ipn/fashion_mnist-metric
+    test accuracy 0.8447 (val 0.8518), wall 46 s (167 steps/s), 140,110 params.
+  python -m metricattn.main --config=configs/ipn_mnist.py:attention=metric,dataset=digits \
+      --workdir=runs/ipn/digits-metric
+    test accuracy 0.9778, wall 31 s (217 steps/s), 68,110 params.
+All three kinds on both datasets (the sweep and its table): README, "Image track".
+"""
+
+import ml_collections
+
+from metricattn.config_utils import image_source, parse_arg
+from metricattn.errors import UserError
+
+DATASETS = ("mnist", "fashion_mnist", "digits")
+VAL_SIZE = 5000
+SET_SIZE = 100
+STEPS = 5000
+
+
+def get_config(arg=None):
+  arg = parse_arg(arg, attention="metric", dataset="mnist", source="", steps=STEPS)
+  if arg.dataset not in DATASETS:
+    raise UserError(f"unknown dataset {arg.dataset!r} for the IPN; allowed: "
+                    f"{', '.join(DATASETS)}")
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.task = "classification"
+  c.data = dict(name=arg.dataset, source=image_source(arg.dataset, arg.source), data_dir="",
+                download=False, val_size=0 if arg.dataset == "digits" else VAL_SIZE,
+                batch_size=SET_SIZE, augment=False, crop_padding=0)
+  c.eval = dict(mode="train_context", batch_size=SET_SIZE, context_size=SET_SIZE)
+  c.model = dict(name="ipn", attention=arg.attention, width=100, depth=2, num_heads=1,
+                 qk_dim=100, d_mlp=100,
+                 scale=ml_collections.FieldReference(None, field_type=float),
+                 residual=False, layer_norm=False, projections=False)
+  c.optimizer = dict(name="adam", lr=1e-4, weight_decay=1e-4, b1=0.9, b2=0.999, eps=1e-8,
+                     grad_clip=0.0, schedule="constant", warmup_steps=0)
+  c.train = dict(steps=arg.steps, log_every=min(100, arg.steps),
+                 eval_every=min(1000, arg.steps), checkpoint_every=min(1000, arg.steps),
+                 keep_checkpoints=2)
+  c.wandb = dict(mode="disabled", project="metricattn")
+  return c
