@@ -90,7 +90,7 @@ def test_docstring_lists_exactly_the_config_keys(path, dataset):
 
 
 @pytest.mark.parametrize("path", [VIT, IPN])
-def test_locked_config_rejects_typos_and_bad_arguments(path, python):
+def test_locked_config_rejects_typos_and_bad_arguments(path):
   out = cli("metricattn.main", f"--config={path}:dataset=digits", "--workdir=/nonexistent",
             "--config.optimizer.learning_rate=0.1")
   assert out.returncode == 2 and "learning_rate" in out.stderr, out.stderr
