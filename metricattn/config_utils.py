@@ -18,6 +18,16 @@ def _convert(key: str, value: str, default):
     raise UserError(f"config argument {key}={value!r} must be a {type(default).__name__}") from None
 
 
+def load_config_file(path, arg: str | None = None) -> ml_collections.ConfigDict:
+  """`get_config(arg)` of a config file, as `--config=PATH:ARG` gives it (unlocked)."""
+  import importlib.util
+  from pathlib import Path
+  spec = importlib.util.spec_from_file_location(f"config_{Path(path).stem}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg or None)
+
+
 def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
   """Parses 'a=1,b=x' (the part of --config after ':') into values typed like `defaults`.
 

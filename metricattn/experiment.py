@@ -16,7 +16,7 @@ directories are relative to it).
 from __future__ import annotations
 
 import argparse
-import importlib.util
+from metricattn.config_utils import load_config_file
 import json
 import os
 import shlex
@@ -42,11 +42,8 @@ def config_path(exp: experiments.Experiment) -> Path:
 def load_config(exp: experiments.Experiment, budget: str, kind: str):
   """The config of one grid point, with the budget's overrides, built in this process."""
   path = config_path(exp)
-  spec = importlib.util.spec_from_file_location(f"config_{exp.name}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
   _, _, args = exp.config_arg(budget).partition(":")
-  config = module.get_config(",".join(a for a in (args, f"attention={kind}") if a))
+  config = load_config_file(path, ",".join(a for a in (args, f"attention={kind}") if a))
   for item in exp.budget(budget).overrides:
     set_override(config, item)
   return config

@@ -265,7 +265,7 @@ def _train(configs, workdirs: list[Path], ckpt_dir: Path, stacked: bool) -> list
 
   def sync(step: int) -> None:
     """Pulls pending metrics to the host; stops on NaN/inf; accounts step time."""
-    nonlocal pending, mark, timed_from
+    nonlocal pending, timed_from
     host = jax.device_get(pending)
     for i, m in enumerate(host):
       for r, run in enumerate(runs):

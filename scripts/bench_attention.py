@@ -58,21 +58,16 @@ def bench_kernels(shape, reps, with_naive):
 
 
 def bench_ipn(reps):
-  import optax
   from flax import nnx
-  from metricattn.config_utils import parse_arg  # noqa: F401  (configs import it)
+  from metricattn.config_utils import load_config_file
   from metricattn.data import get_dataset
   from metricattn.models import build_model
   from metricattn.optim import make_optimizer
   from metricattn.tasks import get_task
   from metricattn.train import make_train_step
-  import importlib.util
-  spec = importlib.util.spec_from_file_location("moons", "configs/moons_ipn.py")
-  cfg_mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(cfg_mod)
   fns, args = {}, {}
   for kind in ("softmax", "l2", "metric"):
-    config = cfg_mod.get_config(f"attention={kind}")
+    config = load_config_file("configs/moons_ipn.py", f"attention={kind}")
     data = get_dataset(config)
     graphdef, params = nnx.split(build_model(config, data.info, nnx.Rngs(params=0)))
     tx = make_optimizer(config)

@@ -20,14 +20,13 @@ for 1 seed and for N seeds vmapped, one after the other, and compares their step
 from __future__ import annotations
 
 import argparse
-import importlib.util
+from metricattn.config_utils import load_config_file
 import statistics
 import time
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from metricattn.data import get_dataset
@@ -40,10 +39,7 @@ CONFIG = Path(__file__).resolve().parents[1] / "configs" / "moons_ipn.py"
 
 
 def moons_config(kind: str, seed: int):
-  spec = importlib.util.spec_from_file_location("moons_ipn", CONFIG)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config(f"attention={kind}")
+  config = load_config_file(CONFIG, f"attention={kind}")
   config.seed = seed
   return config
 

@@ -13,7 +13,7 @@ the softmax step time (what `data_wait_fraction` in a run's summary.json measure
 from __future__ import annotations
 
 import argparse
-import importlib.util
+from metricattn.config_utils import load_config_file
 import statistics
 import time
 from pathlib import Path
@@ -36,10 +36,7 @@ CONFIG = Path(__file__).resolve().parents[1] / "configs" / "vit_image.py"
 
 
 def load_config(args: str):
-  spec = importlib.util.spec_from_file_location("vit_image", CONFIG)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(args)
+  return load_config_file(CONFIG, args)
 
 
 def step_for(config, data) -> tuple:

@@ -20,10 +20,9 @@ included.
 from __future__ import annotations
 
 import argparse
-import importlib.util
+from metricattn.config_utils import load_config_file
 import statistics
 import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -41,10 +40,7 @@ GPU_TFLOPS = (25.0, 100.0)
 
 def load_config(spec: str):
   path, _, arg = spec.partition(":")
-  module_spec = importlib.util.spec_from_file_location("cfg", Path(path))
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  return module.get_config(arg or None)
+  return load_config_file(path, arg)
 
 
 def batch(n: int, src_len: int, tgt_len: int, vocab: int, seed: int = 0) -> dict:

@@ -4,18 +4,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ml_collections import config_flags  # noqa: F401  (ensures ml_collections is importable)
+from metricattn.config_utils import load_config_file
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def load_config(path: str, arg: str | None = None, **overrides):
   """Config from a configs/ file with dotted-key overrides, e.g. train__steps=5."""
-  import importlib.util
-  spec = importlib.util.spec_from_file_location("cfg", ROOT / path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config(arg)
+  config = load_config_file(ROOT / path, arg)
   for key, value in overrides.items():
     node = config
     *parents, leaf = key.split("__")

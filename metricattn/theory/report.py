@@ -78,7 +78,7 @@ def convergence_section(grids: list[GridResult], out: str) -> tuple[str, dict]:
     md.append(f"- Best grid eps against N: log-log slope {res.best_eps_exponent():.2f} "
               f"(theory -1/(3 + d/2) = {-1 / (3 + res.dim / 2):.3f}; the grid is in factors "
               "of 2, so this is coarse).")
-    md.append(f"\nFull error table (rows N, columns eps), total relative error:\n")
+    md.append("\nFull error table (rows N, columns eps), total relative error:\n")
     md.append(fmt_table(["N \\ eps"] + [g(e) for e in res.epss],
                         [[n] + [g(v, 2) for v in res.total[i]] for i, n in enumerate(res.ns)]))
     md.append(f"\n![{res.manifold}](convergence_{res.manifold}.png)\n")

@@ -47,7 +47,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
-import importlib.util
+from metricattn.config_utils import load_config_file
 import json
 import shlex
 import sys
@@ -73,10 +73,7 @@ RANK_TOL, CLUSTER_TOL, EIG_TOL = 1e-3, 0.05, 1e-2
 
 def moons_config(kind: str, seed: int, steps: int):
   """configs/moons_ipn.py for one kind, seed and number of steps."""
-  spec = importlib.util.spec_from_file_location("moons_ipn_config", CONFIG)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config(f"attention={kind},steps={steps}")
+  config = load_config_file(CONFIG, f"attention={kind},steps={steps}")
   config.seed = seed
   return config
 
