@@ -20,6 +20,16 @@ def _pyplot():
   return plt
 
 
+def save(fig, path: Path, title: str = "") -> Path:
+  """Adds the figure title, writes the PNG and frees the figure."""
+  if title:
+    fig.suptitle(title, fontsize=10)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  _pyplot().close(fig)
+  return path
+
+
 def align(curves: list[Curve]) -> tuple[np.ndarray, np.ndarray]:
   """(steps [t], values [seeds, t]) on the steps that every curve has."""
   common = sorted(set.intersection(*(set(s) for s, _ in curves))) if curves else []
@@ -49,12 +59,7 @@ def plot_curves(groups: dict[str, dict[str, list[Curve]]], panels: list[tuple[st
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-  if title:
-    fig.suptitle(title, fontsize=10)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-  return path
+  return save(fig, path, title)
 
 
 def plot_violin(values: dict[str, list[float]], ylabel: str, path: Path,
@@ -76,10 +81,7 @@ def plot_violin(values: dict[str, list[float]], ylabel: str, path: Path,
   ax.grid(alpha=0.3, axis="y")
   if title:
     ax.set_title(title, fontsize=10)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-  return path
+  return save(fig, path)
 
 
 def plot_strengths(results: dict[str, dict[str, list[tuple[float, list[float]]]]],
@@ -105,9 +107,4 @@ def plot_strengths(results: dict[str, dict[str, list[tuple[float, list[float]]]]
     ax.set_ylabel("accuracy")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-  if title:
-    fig.suptitle(title, fontsize=10)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-  return path
+  return save(fig, path, title)
