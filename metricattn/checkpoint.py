@@ -52,6 +52,13 @@ class Checkpointer:
           "another --workdir") from None
     return out.state, out.meta
 
+  def restore_params(self, step: int, params, tx, stacked: bool = False):
+    """Only the parameters at `step`; `params` (stacked over seeds if `stacked`) and the
+    optimizer `tx` give the structure of the saved state."""
+    opt_state = (jax.vmap(tx.init) if stacked else tx.init)(params)
+    state, _ = self.restore(step, {"params": params, "opt_state": opt_state})
+    return state["params"]
+
   def _check_shapes(self, step: int, abstract) -> None:
     """A clear error when the checkpoint was written by a model of another shape."""
     try:

@@ -62,16 +62,15 @@ def evaluate_workdir(workdir: str | Path, step: str = "latest",
       raise UserError(f"no checkpoint at step {chosen} in {workdir}; kept: {sorted(steps)}")
   data, task, graphdef, params = build(config)
   replicated = NamedSharding(make_mesh(), P())
-  params = jax.device_put(params, replicated)
-  opt_state = jax.device_put(make_optimizer(config).init(params), replicated)
-  state, _ = ckpt.restore(chosen, {"params": params, "opt_state": opt_state})
+  params = ckpt.restore_params(chosen, jax.device_put(params, replicated),
+                               make_optimizer(config))
   ckpt.close()
   eval_step = make_eval_step(graphdef, task)
   result = {"step": chosen}
   for split in splits or data.eval_splits:
     if split not in data.splits:
       raise UserError(f"unknown split {split!r}; this dataset has {', '.join(data.splits)}")
-    metrics = evaluate(eval_step, state["params"], data, task, graphdef, split, replicated)
+    metrics = evaluate(eval_step, params, data, task, graphdef, split, replicated)
     result.update({f"{split}/{k}": v for k, v in metrics.items()})
   (workdir / "evaluation.json").write_text(json.dumps(result, indent=2) + "\n")
   return result

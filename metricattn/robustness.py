@@ -232,10 +232,8 @@ def restore_run(workdir: Path):
   step = ckpt.latest_step()
   if step is None:
     raise UserError(f"{ckpt.directory} holds no checkpoint")
-  opt_state = jax.vmap(tx.init)(params) if n else tx.init(params)
-  state, _ = ckpt.restore(step, {"params": params, "opt_state": opt_state})
+  params = ckpt.restore_params(step, params, tx, stacked=bool(n))
   ckpt.close()
-  params = state["params"]
   if n:
     i = stacked_index(workdir, int(config.seed), n)
     params = jax.tree.map(lambda x: x[i], params)
