@@ -1,7 +1,7 @@
 """Vision Transformer image classification with softmax, l2 or metric attention.
 
   python -m metricattn.main \
-      --config=configs/vit_image.py:attention=metric,dataset=fashion_mnist,variant=Mu/4 \
+      --config=configs/vit_image.py:attention=metric,dataset=fashion_mnist,variant=Mu/7 \
       --workdir=runs/vit-fmnist-metric
 
 Config arguments (after `:`):
@@ -10,8 +10,8 @@ Config arguments (after `:`):
   source     idx | tfds | digits; "" = the dataset's default: idx (Debian's
              dataset-fashion-mnist, offline) for fashion_mnist, tfds for mnist and cifar10,
              digits for digits                                          (default "")
-  variant    ViT SIZE/PATCH (metricattn/models/vit.py); "" = Mu/4, or Mu/2 for the 8x8
-             digits                                                     (default "")
+  variant    ViT SIZE/PATCH (metricattn/models/vit.py); "" = Mu/7 (16 patches) for 28x28
+             images, Mu/4 for CIFAR-10's 32x32, Mu/2 for the 8x8 digits (default "")
   epochs     training length; turned into train.steps by
              `metricattn.config_utils.steps_from_epochs`                 (default 1.0)
   batch      training batch size (data.batch_size); set it here rather than with
@@ -62,6 +62,7 @@ from metricattn.config_utils import image_source, parse_arg, steps_from_epochs
 from metricattn.data.images import image_spec
 
 VAL_SIZE = 5000
+DEFAULT_VARIANTS = {"digits": "Mu/2", "cifar10": "Mu/4"}  # 28x28 images: Mu/7
 
 
 def get_config(arg=None):
@@ -79,7 +80,7 @@ def get_config(arg=None):
                 val_size=val_size, batch_size=arg.batch, augment=arg.dataset == "cifar10",
                 crop_padding=4)
   c.eval = dict(mode="plain", batch_size=500)
-  variant = arg.variant or ("Mu/2" if arg.dataset == "digits" else "Mu/4")
+  variant = arg.variant or DEFAULT_VARIANTS.get(arg.dataset, "Mu/7")
   c.model = dict(name="vit", variant=variant, attention=arg.attention, d_mlp=0, pool="mean",
                  dropout=0.0,
                  scale=ml_collections.FieldReference(None, field_type=float))

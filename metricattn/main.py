@@ -19,7 +19,21 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and m
 _SEEDS = flags.DEFINE_string(
     "seeds", None, "Train these seeds ('0:10', '0,3') vmapped in one program, in "
     "WORKDIR/seed=N; overrides config.seed.")
+_CPU_DEVICES = flags.DEFINE_integer(
+    "cpu_devices", None, "Split the host CPU into this many devices: vmapped seeds are then "
+    "split over them when they divide evenly, else each batch is. Default: leave JAX's "
+    "setting (one CPU device); not used on GPU or TPU.")
 flags.mark_flags_as_required(["config", "workdir"])
+
+
+def set_cpu_devices(count: int | None) -> None:
+  """Splits the host CPU into `count` devices (before JAX starts its backends)."""
+  if count is None:
+    return
+  if count < 1:
+    fail(f"--cpu_devices must be at least 1; got {count}")
+  import jax
+  jax.config.update("jax_num_cpu_devices", count)
 
 
 def enable_compilation_cache() -> None:
@@ -67,6 +81,7 @@ def main(argv) -> None:
   del argv
   enable_compilation_cache()
   from metricattn.train import train_and_evaluate, train_seeds
+  set_cpu_devices(_CPU_DEVICES.value)
   if _SEEDS.value:
     from metricattn.sweep import parse_seeds
     run(train_seeds, _CONFIG.value, parse_seeds(_SEEDS.value), _WORKDIR.value)

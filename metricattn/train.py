@@ -45,12 +45,12 @@ class TrainingDiverged(UserError):
 
 # ---------------------------------------------------------------- config checks
 
-def check_config(config) -> None:
+def check_config(config, split_batch: bool = True) -> None:
   t = config.train
   for key in ("steps", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints"):
     if t[key] <= 0:
       raise UserError(f"train.{key} must be a positive integer; got {t[key]}")
-  if config.data.batch_size % jax.device_count():
+  if split_batch and config.data.batch_size % jax.device_count():
     raise UserError(f"data.batch_size {config.data.batch_size} does not divide over "
                     f"{jax.device_count()} devices; use a multiple of {jax.device_count()}")
 
@@ -70,6 +70,12 @@ def make_mesh() -> jax.sharding.Mesh:
   """A 1-D mesh with axis `data` over all devices (one CPU here, many GPUs elsewhere)."""
   return jax.make_mesh((jax.device_count(),), ("data",),
                        axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def seeds_split_over_devices(num_seeds: int) -> bool:
+  """Whether vmapped seeds are split over the devices, each device training its own seeds
+  with no communication (when they divide evenly); otherwise every seed's batch is split."""
+  return jax.device_count() > 1 and num_seeds % jax.device_count() == 0
 
 
 def shard_batch(batch: dict, sharding: NamedSharding) -> dict:
@@ -104,6 +110,35 @@ def make_train_step(graphdef, task, tx):
                                "finite": finite.astype(jnp.float32)}
 
   return step_fn
+
+
+def gathering(step_fn):
+  """The step fed with the device-resident training arrays and the batch's indices."""
+
+  def fn(params, opt_state, arrays, idx, step, key, lr_scale):
+    return step_fn(params, opt_state, {k: v[idx] for k, v in arrays.items()}, step, key,
+                   lr_scale)
+
+  return fn
+
+
+RESIDENT_MAX_BYTES = 1 << 30
+
+
+def resident_arrays(datas) -> tuple[dict | None, bool]:
+  """(arrays, per_seed): the training arrays to keep on the device, or None (a dataset makes
+  its batches otherwise, e.g. with augmentation or tokens, or they exceed 1 GiB). They are
+  shared by all runs when equal (the same images for every seed), else stacked per run."""
+  arrays = [d.resident_arrays() if hasattr(d, "resident_arrays") else None for d in datas]
+  if any(a is None for a in arrays):
+    return None, False
+  first = arrays[0]
+  shared = all(a.keys() == first.keys() and all(np.array_equal(a[k], first[k]) for k in a)
+               for a in arrays[1:])
+  copies = 1 if shared else len(arrays)
+  if copies * sum(v.nbytes for v in first.values()) > RESIDENT_MAX_BYTES:
+    return None, False
+  return (first if shared else stack_trees(arrays)), not shared
 
 
 # ---------------------------------------------------------------- evaluation
@@ -200,24 +235,29 @@ def train_seeds(config, seeds: list[int], root: str | Path) -> list[dict]:
 def _train(configs, workdirs: list[Path], ckpt_dir: Path, stacked: bool) -> list[dict]:
   wall_start = time.perf_counter()
   config = configs[0]  # everything but the seed is shared
-  check_config(config)
+  by_seed = stacked and seeds_split_over_devices(len(configs))
+  check_config(config, split_batch=not by_seed)
   for c, w in zip(configs, workdirs):
     prepare_workdir(c, w)
   total = int(config.train.steps)
 
   mesh = make_mesh()
   replicated = NamedSharding(mesh, P())
-  data_sharding = NamedSharding(mesh, P(None, "data") if stacked else P("data"))
+  # State: replicated, or split along the seed axis. Batches: split along the batch axis,
+  # or along the seed axis. Evaluation batches: like the state.
+  state_sharding = NamedSharding(mesh, P("data")) if by_seed else replicated
+  data_sharding = NamedSharding(mesh, P(None, "data") if stacked and not by_seed else P("data"))
 
   built = [build(c) for c in configs]
   datas = [b[0] for b in built]
   _, task, graphdef, _ = built[0]
   params = stack_trees([b[3] for b in built]) if stacked else built[0][3]
   tx = make_optimizer(config)
-  params = jax.device_put(params, replicated)
-  opt_state = jax.device_put((jax.vmap(tx.init) if stacked else tx.init)(params), replicated)
+  params = jax.device_put(params, state_sharding)
+  opt_state = jax.device_put((jax.vmap(tx.init) if stacked else tx.init)(params),
+                             state_sharding)
   keys = [jax.random.key(c.seed) for c in configs]
-  key = jnp.stack(keys) if stacked else keys[0]
+  key = jax.device_put(jnp.stack(keys), state_sharding) if stacked else keys[0]
   plateau = Plateau(config)
   if stacked and plateau.enabled:
     raise UserError("optimizer.plateau is not supported with vmapped seeds; run seeds "
@@ -239,23 +279,33 @@ def _train(configs, workdirs: list[Path], ckpt_dir: Path, stacked: bool) -> list
   runs[0].writer.info(
       f"{ckpt_dir}: {config.model.name}/{config.model.attention}, {n_params:,} params, "
       f"{len(configs)} seed(s){' vmapped' if stacked else ''}, {jax.device_count()} "
-      f"device(s), {'resuming at step ' + str(start) if start else 'starting'}")
+      f"device(s){' (seeds split over them)' if by_seed else ''}, {'resuming at step ' + str(start) if start else 'starting'}")
 
   step_fn = make_train_step(graphdef, task, tx)
-  if stacked:
+  arrays, per_seed = resident_arrays(datas)
+  if arrays is not None:
+    arrays = jax.device_put(arrays, state_sharding if per_seed else replicated)
+    step_fn = gathering(step_fn)
+    if stacked:
+      step_fn = jax.vmap(step_fn, in_axes=(0, 0, 0 if per_seed else None, 0, None, 0, None))
+  elif stacked:
     step_fn = jax.vmap(step_fn, in_axes=(0, 0, 0, None, 0, None))
   jitted = jax.jit(step_fn, donate_argnums=(0, 1))
   eval_step = make_eval_step(graphdef, task, stacked)
 
-  def train_batch(step: int) -> dict:
+  def train_batch(step: int) -> tuple:
+    """The step's data arguments: (batch,), or (arrays, indices) with resident arrays."""
+    if arrays is not None:
+      idx = [d.train_indices(step) for d in datas]
+      return arrays, jax.device_put(np.stack(idx) if stacked else idx[0], data_sharding)
     batches = [d.train_batch(step) for d in datas]
-    return shard_batch(stack_trees(batches) if stacked else batches[0], data_sharding)
+    return (shard_batch(stack_trees(batches) if stacked else batches[0], data_sharding),)
 
   # Compile ahead of time so that compile time is measured apart from step time.
   t = time.perf_counter()
   if start < total:
     batch = train_batch(start)
-    train_step = jitted.lower(params, opt_state, batch, jnp.int32(start), key,
+    train_step = jitted.lower(params, opt_state, *batch, jnp.int32(start), key,
                               jnp.float32(1.0)).compile()
   compile_seconds = time.perf_counter() - t
 
@@ -288,7 +338,7 @@ def _train(configs, workdirs: list[Path], ckpt_dir: Path, stacked: bool) -> list
       t = time.perf_counter()
       batch = train_batch(step)
       meta["data_seconds"] += time.perf_counter() - t
-    params, opt_state, metrics = train_step(params, opt_state, batch, jnp.int32(step), key,
+    params, opt_state, metrics = train_step(params, opt_state, *batch, jnp.int32(step), key,
                                             jnp.float32(plateau.scale))
     pending.append(metrics)
     done = step + 1
@@ -305,8 +355,8 @@ def _train(configs, workdirs: list[Path], ckpt_dir: Path, stacked: bool) -> list
         run.log_train(done)
     if is_eval:
       for split in datas[0].eval_splits:
-        results = evaluate_stack(eval_step, params, datas, task, graphdef, split, replicated,
-                                 stacked)
+        results = evaluate_stack(eval_step, params, datas, task, graphdef, split,
+                                 state_sharding, stacked)
         for run, metrics in zip(runs, results):
           run.last_eval[split] = metrics
           run.writer.write(done, split, metrics)

@@ -1,6 +1,6 @@
 """Time the ViT train step of each attention kind side by side; print steps/s and ratios.
 
-  python scripts/bench_vit.py [--args dataset=fashion_mnist,variant=Mu/4,batch=32] [--reps 20]
+  python scripts/bench_vit.py [--args dataset=fashion_mnist,variant=Mu/7,batch=32] [--reps 20]
 
 The configs come from configs/vit_image.py with the given arguments (only `attention`
 differs between kinds). One process: the data is loaded once, each kind's jitted train step
@@ -69,7 +69,7 @@ def batch_seconds(data, reps: int) -> float:
 
 def main() -> None:
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  p.add_argument("--args", default="dataset=fashion_mnist,variant=Mu/4,batch=32",
+  p.add_argument("--args", default="dataset=fashion_mnist,variant=Mu/7,batch=32",
                  help="configs/vit_image.py arguments, without attention")
   p.add_argument("--reps", type=int, default=20)
   a = p.parse_args()

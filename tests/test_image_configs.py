@@ -105,7 +105,7 @@ def test_locked_config_rejects_typos_and_bad_arguments(path):
 def test_vit_defaults_per_dataset(dataset, source):
   config = load_config(VIT, f"dataset={dataset}")
   assert config.data.source == source
-  assert config.model.variant == ("Mu/2" if dataset == "digits" else "Mu/4")
+  assert config.model.variant == {"digits": "Mu/2", "cifar10": "Mu/4"}.get(dataset, "Mu/7")
   assert config.data.augment == (dataset == "cifar10")
   other = {"idx": "tfds", "tfds": "idx"}.get(source)
   if other:
@@ -147,7 +147,8 @@ def test_evaluate_reproduces_a_tiny_vit_run(tmp_path):
 
 
 # Parameters of the configs' ViTs (mean pooling, d_mlp = width), as the README states them.
-README_PARAMS = {("Mu/4", (28, 28, 1)): {"softmax": 204_938, "l2": 188_298, "metric": 221_578},
+README_PARAMS = {("Mu/7", (28, 28, 1)): {"softmax": 204_938, "l2": 188_298, "metric": 221_578},
+                 ("Mu/4", (28, 28, 1)): {"softmax": 204_938, "l2": 188_298, "metric": 221_578},
                  ("Ti/4", (28, 28, 1)): {"softmax": 5_353_354, "l2": 4_908_682,
                                          "metric": 5_798_026}}
 

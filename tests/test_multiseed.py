@@ -44,3 +44,20 @@ def test_vmapped_seeds_resume_and_sweep_skip(tmp_path):
                     "--root", str(tmp_path), "--vmap-seeds", "--set", "train.steps=40"])
   assert out == 0
   assert not (tmp_path / "log.txt").exists() and not (tmp_path / "attention=l2" / "log.txt").exists()
+
+
+def test_seeds_split_over_two_cpu_devices_equal_separate_runs(tmp_path):
+  args = ["metricattn.main", "--config=configs/moons_ipn.py:attention=metric",
+          "--config.train.steps=60", "--config.train.log_every=10",
+          "--config.train.eval_every=30", "--config.train.checkpoint_every=30"]
+  out = cli(*args, "--seeds=0,1", "--cpu_devices=2", f"--workdir={tmp_path / 'split'}")
+  assert out.returncode == 0, out.stderr
+  assert "2 device(s) (seeds split over them)" in out.stdout
+  for seed in (0, 1):
+    single = cli(*args, f"--config.seed={seed}", "--cpu_devices=1",
+                 f"--workdir={tmp_path / f'single{seed}'}")
+    assert single.returncode == 0, single.stderr
+    split = tmp_path / "split" / f"seed={seed}"
+    assert json.loads((split / "summary.json").read_text())["devices"] == 2
+    np.testing.assert_allclose(train_losses(split), train_losses(tmp_path / f"single{seed}"),
+                               rtol=1e-4, atol=1e-5)

@@ -113,6 +113,7 @@ def test_nan_stops_with_message_and_keeps_last_good_checkpoint(tmp_path, monkeyp
     return batch
 
   monkeypatch.setattr(MoonsData, "train_batch", poisoned)
+  monkeypatch.setattr(MoonsData, "resident_arrays", lambda self: None)  # batches from the host
   with pytest.raises(TrainingDiverged, match=r"NaN/inf at step 26 .* \(step 20\) is kept"):
     train_and_evaluate(tiny_moons(), tmp_path)
   assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["20"]
@@ -174,3 +175,15 @@ def test_evaluate_from_checkpoint_in_a_fresh_process_reproduces_the_run(tmp_path
   assert best.returncode == 0, best.stderr
   missing = cli("metricattn.evaluate", f"--workdir={tmp_path}", "--step=7")
   assert missing.returncode == 2 and "no checkpoint at step 7" in missing.stderr
+
+
+def test_device_resident_data_equals_host_batches(tmp_path, monkeypatch):
+  """Training arrays kept on the device (indices sent per step) train like host batches."""
+  from metricattn.data.moons import MoonsData
+  resident = train_and_evaluate(tiny_moons(), tmp_path / "resident")
+  monkeypatch.setattr(MoonsData, "resident_arrays", lambda self: None)
+  host = train_and_evaluate(tiny_moons(), tmp_path / "host")
+  losses = lambda d: [r["loss"] for r in read_jsonl(d / "metrics.jsonl") if r["split"] == "train"]
+  np.testing.assert_allclose(losses(tmp_path / "resident"), losses(tmp_path / "host"),
+                             rtol=1e-5)
+  assert resident["test/accuracy"] == host["test/accuracy"]

@@ -7,6 +7,11 @@ Every dataset object offers:
                                  function of (config.seed, step), so resume is exact
   eval_splits: tuple[str, ...]   splits evaluated during training, e.g. ("val", "test")
   eval_batches(split) -> iter    the split in order, as dicts of NumPy arrays
+and may offer (the in-memory array datasets do):
+  resident_arrays() -> dict|None the whole training split, when train_batch(step) is
+                                 train_indices(step) of it; the trainer then keeps it on
+                                 the device and sends only indices (no per-step copy)
+  train_indices(step) -> array   indices of training batch `step`
 
 Classification batches hold `x` (float32 [batch, ...]) and `y` (int32 [batch]); evaluation
 batches may add `weight` (float32 [batch]; 0 for padding or context examples that are not

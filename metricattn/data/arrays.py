@@ -56,10 +56,20 @@ class ArrayData:
       idx = np.random.default_rng([self.seed, 1]).choice(len(x_train), size, replace=False)
       self.context = (x_train[idx], self.splits["train"][1][idx])
 
+  def train_indices(self, step: int) -> np.ndarray:
+    """Indices into the training split of training batch `step`."""
+    return batch_indices(len(self.splits["train"][0]), self.batch_size, self.seed, step)
+
   def train_batch(self, step: int) -> dict[str, np.ndarray]:
     x, y = self.splits["train"]
-    idx = batch_indices(len(x), self.batch_size, self.seed, step)
+    idx = self.train_indices(step)
     return {"x": x[idx], "y": y[idx]}
+
+  def resident_arrays(self) -> dict[str, np.ndarray] | None:
+    """The training split, when a training batch is just `train_indices(step)` of it: the
+    trainer then keeps it on the device and sends only the indices each step."""
+    x, y = self.splits["train"]
+    return {"x": x, "y": y}
 
   def eval_batches(self, split: str):
     x, y = self.splits[split]

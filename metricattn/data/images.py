@@ -211,6 +211,9 @@ class ImageData(ArrayData):
     eval_splits = ("val", "test") if val_size else ("test",)
     super().__init__(config, splits, num_classes=NUM_CLASSES, eval_splits=eval_splits)
 
+  def resident_arrays(self) -> dict[str, np.ndarray] | None:
+    return None if self.augment else super().resident_arrays()
+
   def train_batch(self, step: int) -> dict[str, np.ndarray]:
     """Training batch `step`: x float32 [batch, H, W, C], y int32 [batch]."""
     batch = super().train_batch(step)

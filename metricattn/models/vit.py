@@ -20,8 +20,10 @@ Variants are named SIZE/PATCH, e.g. `Ti/4` (ViT-Ti with 4x4 patches), resolved o
   Ti  192, 12,  3,  768    DeiT-Ti
   S   384, 12,  6, 1536    ViT-S
   B   768, 12, 12, 3072    ViT-B
-Suggested: Ti/4 or Mu/4 for 28x28 (49 patches), Ti/2 or Mu/2 for the 8x8 digits (16
-patches), S/4 for CIFAR-10 32x32 (64 patches).
+Suggested: Mu/7 (16 patches; the best of Mu/4, Mu/7 and a width-128 Mu/7 for one CPU epoch of
+Fashion-MNIST) or Ti/4 (49 patches) for 28x28, Ti/2 or Mu/2 for the 8x8 digits (16
+patches), S/4 for CIFAR-10 32x32 (64 patches). At 28x28, Mu/7 and Mu/4 have equally many
+parameters (a 49-pixel patch and 16 positions against a 16-pixel patch and 49 positions).
 
 Config fields read by `from_config` (config.model.*):
   name       str    "vit".
