@@ -12,7 +12,9 @@ and the median process CPU time (all threads; not inflated by waiting for a core
 Compilation is excluded; host-side batch making is not timed (the same batch is reused).
 Prints the cost of N seeds relative to one and the speed-up N * t(1) / t(N).
 
-With --scaling it also times the vmapped step for several seed counts (CPU time). With
+With --cpu-devices D it also times the N seeds split over D CPU devices, each device running
+its share of the seeds (`split`; the trainer does this with `--cpu_devices D`). With
+--scaling it also times the vmapped step for several seed counts (CPU time). With
 --trainer-steps it also runs the whole trainer (host-side batches, logging, evaluation)
 for 1 seed and for N seeds vmapped, one after the other, and compares their steps/s.
 """
@@ -27,6 +29,7 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
 from flax import nnx
 
 from metricattn.data import get_dataset
@@ -44,8 +47,9 @@ def moons_config(kind: str, seed: int):
   return config
 
 
-def program(kind: str, seeds: list[int], stacked: bool):
-  """(run, state): run(state, n) performs n chained steps and returns the new state."""
+def program(kind: str, seeds: list[int], stacked: bool, split: bool = False):
+  """(run, state): run(state, n) performs n chained steps and returns the new state. With
+  `split`, the seed axis is split over all devices (as the trainer does with --cpu_devices)."""
   configs = [moons_config(kind, s) for s in seeds]
   datas = [get_dataset(c) for c in configs]
   built = [nnx.split(build_model(c, d.info, nnx.Rngs(params=c.seed)))
@@ -63,6 +67,11 @@ def program(kind: str, seeds: list[int], stacked: bool):
     params, batch, key = built[0][1], batches[0], jax.random.key(seeds[0])
     opt_state = tx.init(params)
   batch = jax.tree.map(jnp.asarray, batch)
+  if split:
+    mesh = jax.make_mesh((jax.device_count(),), ("seed",),
+                         axis_types=(jax.sharding.AxisType.Auto,))
+    params, opt_state, batch, key = jax.device_put(
+        (params, opt_state, batch, key), jax.sharding.NamedSharding(mesh, P("seed")))
   jitted = jax.jit(step_fn, donate_argnums=(0, 1))
 
   def run(state, n: int):
@@ -80,6 +89,8 @@ def bench(kind: str, n_seeds: int, steps: int, reps: int) -> dict[str, dict[str,
   median of the wall time, and the median process CPU time (all threads)."""
   variants = {"one": program(kind, [0], False),
               "many": program(kind, list(range(n_seeds)), True)}
+  if jax.device_count() > 1:
+    variants["split"] = program(kind, list(range(n_seeds)), True, split=True)
   states = {k: run(state, 3) for k, (run, state) in variants.items()}  # compile, warm up
   wall, cpu = {k: [] for k in variants}, {k: [] for k in variants}
   for _ in range(reps):
@@ -135,7 +146,14 @@ def main() -> None:
                  help="also time the vmapped step for these seed counts, e.g. 1,2,5,10,20")
   p.add_argument("--trainer-steps", type=int, default=0,
                  help="also time the whole trainer for this many steps (e.g. 2000)")
+  p.add_argument("--cpu-devices", type=int, default=0,
+                 help="split the CPU into this many devices and also time the seeds split "
+                      "over them ('split'; --seeds must divide evenly)")
   a = p.parse_args()
+  if a.cpu_devices:
+    if a.trainer_steps:
+      p.error("--trainer-steps compares the trainers on one device; leave out --cpu-devices")
+    jax.config.update("jax_num_cpu_devices", a.cpu_devices)
   print(f"jax {jax.__version__} on {jax.default_backend()} ({jax.devices()[0].device_kind}); "
         f"Moon IPN train step, {a.steps} chained steps per repetition, median of {a.reps}")
   print(f"seconds per step; min and median wall time, median CPU time; cost = {a.seeds} "
@@ -143,9 +161,13 @@ def main() -> None:
   for kind in a.kinds.split(","):
     t = bench(kind, a.seeds, a.steps, a.reps)
     for stat in ("min", "median", "cpu"):
-      one, many = t["one"][stat], t["many"][stat]
-      print(f"{kind:8s} {stat:6s} 1 seed {one * 1e6:6.0f} us   {a.seeds} seeds vmapped "
-            f"{many * 1e6:6.0f} us   cost {many / one:4.2f}x   speed-up {a.seeds * one / many:4.1f}x")
+      for variant, label in (("many", "vmapped"), ("split", "split")):
+        if variant not in t:
+          continue
+        one, many = t["one"][stat], t[variant][stat]
+        print(f"{kind:8s} {stat:6s} 1 seed {one * 1e6:6.0f} us   {a.seeds} seeds {label:7s} "
+              f"{many * 1e6:6.0f} us   cost {many / one:4.2f}x   speed-up "
+              f"{a.seeds * one / many:4.1f}x")
     if a.scaling:
       bench_scaling(kind, [int(n) for n in a.scaling.split(",")], a.steps, a.reps)
     if a.trainer_steps:
