@@ -112,10 +112,15 @@ def make_train_step(graphdef, task, tx):
   return step_fn
 
 
-def gathering(step_fn):
-  """The step fed with the device-resident training arrays and the batch's indices."""
+INDEX_BLOCK = 64  # steps whose batch indices go to the device in one transfer
 
-  def fn(params, opt_state, arrays, idx, step, key, lr_scale):
+
+def gathering(step_fn):
+  """The step fed with the device-resident training arrays and a block of batch indices
+  [INDEX_BLOCK, batch] that holds its own at row step % INDEX_BLOCK."""
+
+  def fn(params, opt_state, arrays, idx_block, step, key, lr_scale):
+    idx = idx_block[step % INDEX_BLOCK]
     return step_fn(params, opt_state, {k: v[idx] for k, v in arrays.items()}, step, key,
                    lr_scale)
 
@@ -293,11 +298,21 @@ def _train(configs, workdirs: list[Path], ckpt_dir: Path, stacked: bool) -> list
   jitted = jax.jit(step_fn, donate_argnums=(0, 1))
   eval_step = make_eval_step(graphdef, task, stacked)
 
+  # Index blocks: [(seeds,) INDEX_BLOCK, batch], split like the batches they select.
+  index_sharding = NamedSharding(mesh, P("data") if by_seed else
+                                 P(*[None] * (2 if stacked else 1), "data"))
+  block = {"first": None, "idx": None}
+
   def train_batch(step: int) -> tuple:
-    """The step's data arguments: (batch,), or (arrays, indices) with resident arrays."""
+    """The step's data arguments: (batch,), or (arrays, index block) with resident arrays."""
     if arrays is not None:
-      idx = [d.train_indices(step) for d in datas]
-      return arrays, jax.device_put(np.stack(idx) if stacked else idx[0], data_sharding)
+      first = step - step % INDEX_BLOCK
+      if block["first"] != first:
+        idx = [np.stack([d.train_indices(s) for s in range(first, first + INDEX_BLOCK)])
+               for d in datas]
+        block.update(first=first, idx=jax.device_put(np.stack(idx) if stacked else idx[0],
+                                                     index_sharding))
+      return arrays, block["idx"]
     batches = [d.train_batch(step) for d in datas]
     return (shard_batch(stack_trees(batches) if stacked else batches[0], data_sharding),)
 

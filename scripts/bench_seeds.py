@@ -22,6 +22,8 @@ for 1 seed and for N seeds vmapped, one after the other, and compares their step
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 from metricattn.config_utils import load_config_file
 import statistics
 import time
@@ -73,6 +75,9 @@ def program(kind: str, seeds: list[int], stacked: bool, split: bool = False):
     params, opt_state, batch, key = jax.device_put(
         (params, opt_state, batch, key), jax.sharding.NamedSharding(mesh, P("seed")))
   jitted = jax.jit(step_fn, donate_argnums=(0, 1))
+  cost = jitted.lower(params, opt_state, batch, jnp.int32(0), key,
+                      jnp.float32(1.0)).compile().cost_analysis()
+  cost = cost[0] if isinstance(cost, list) else cost
 
   def run(state, n: int):
     p, o = state
@@ -81,6 +86,7 @@ def program(kind: str, seeds: list[int], stacked: bool, split: bool = False):
     jax.block_until_ready(p)
     return p, o
 
+  run.cost = {"flops": cost.get("flops", 0.0), "bytes": cost.get("bytes accessed", 0.0)}
   return run, (params, opt_state)
 
 
@@ -91,6 +97,10 @@ def bench(kind: str, n_seeds: int, steps: int, reps: int) -> dict[str, dict[str,
               "many": program(kind, list(range(n_seeds)), True)}
   if jax.device_count() > 1:
     variants["split"] = program(kind, list(range(n_seeds)), True, split=True)
+  for k in ("one", "many"):
+    c = variants[k][0].cost
+    print(f"{kind:8s} XLA cost analysis, {'1 seed' if k == 'one' else f'{n_seeds} seeds'}: "
+          f"{c['flops'] / 1e6:.1f} MFLOP, {c['bytes'] / 1e6:.1f} MB accessed per step")
   states = {k: run(state, 3) for k, (run, state) in variants.items()}  # compile, warm up
   wall, cpu = {k: [] for k in variants}, {k: [] for k in variants}
   for _ in range(reps):
@@ -124,9 +134,10 @@ def bench_trainer(kind: str, n_seeds: int, steps: int) -> None:
   from metricattn.train import train_and_evaluate, train_seeds
   config = moons_config(kind, 0)
   config.train.steps = steps
-  with tempfile.TemporaryDirectory() as tmp:
-    one = train_and_evaluate(config, Path(tmp) / "one")
-    many = train_seeds(config, list(range(n_seeds)), Path(tmp) / "many")[0]
+  with tempfile.TemporaryDirectory() as tmp, open(os.devnull, "w") as quiet:
+    with contextlib.redirect_stdout(quiet):  # the trainers' progress lines
+      one = train_and_evaluate(config, Path(tmp) / "one")
+      many = train_seeds(config, list(range(n_seeds)), Path(tmp) / "many")[0]
   for name, s in (("1 seed", one), (f"{n_seeds} seeds vmapped", many)):
     print(f"{kind:8s} trainer {name:17s} {s['steps_per_second']:7.1f} steps/s  wall "
           f"{s['wall_seconds']:5.1f} s (compile {s['compile_seconds']:.1f} s)")
