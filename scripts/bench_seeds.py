@@ -16,7 +16,8 @@ With --cpu-devices D it also times the N seeds split over D CPU devices, each de
 its share of the seeds (`split`; the trainer does this with `--cpu_devices D`). With
 --scaling it also times the vmapped step for several seed counts (CPU time). With
 --trainer-steps it also runs the whole trainer (host-side batches, logging, evaluation)
-for 1 seed and for N seeds vmapped, one after the other, and compares their steps/s.
+for 1 seed and for N seeds vmapped, one after the other, and compares their steps/s. With
+--process-steps it times whole `python -m metricattn.main` processes, as a user runs them.
 """
 
 from __future__ import annotations
@@ -127,6 +128,26 @@ def bench_scaling(kind: str, counts: list[int], steps: int, reps: int) -> None:
       f"{n} seeds {statistics.median(cpu[n]) * 1e6:.0f} us" for n in counts))
 
 
+def bench_processes(kind: str, n_seeds: int, steps: int) -> None:
+  """What a user pays: `python -m metricattn.main` for 1 seed and for n_seeds vmapped, each
+  a fresh process (start-up, data, compilation with the persistent cache, evaluation,
+  checkpoints), timed from outside."""
+  import subprocess
+  import sys
+  import tempfile
+  cmd = [sys.executable, "-m", "metricattn.main",
+         f"--config={CONFIG}:attention={kind},steps={steps}"]
+  with tempfile.TemporaryDirectory() as tmp:
+    walls = {}
+    for name, extra in (("one", []), ("many", [f"--seeds=0:{n_seeds}"])):
+      t = time.perf_counter()
+      subprocess.run(cmd + extra + [f"--workdir={Path(tmp) / name}"], check=True,
+                     stdout=subprocess.DEVNULL, cwd=CONFIG.parents[1])
+      walls[name] = time.perf_counter() - t
+  print(f"{kind:8s} process wall, 1 seed {walls['one']:5.1f} s, {n_seeds} seeds vmapped "
+        f"{walls['many']:5.1f} s: cost {walls['many'] / walls['one']:.2f}x")
+
+
 def bench_trainer(kind: str, n_seeds: int, steps: int) -> None:
   """The whole trainer (batches, logging, evaluation): one run of 1 seed, one program of
   n_seeds vmapped, in temporary workdirs; prints steps/s and wall seconds of each."""
@@ -157,6 +178,9 @@ def main() -> None:
                  help="also time the vmapped step for these seed counts, e.g. 1,2,5,10,20")
   p.add_argument("--trainer-steps", type=int, default=0,
                  help="also time the whole trainer for this many steps (e.g. 2000)")
+  p.add_argument("--process-steps", type=int, default=0,
+                 help="also time `python -m metricattn.main` processes of this many steps, "
+                      "1 seed against the seeds vmapped (e.g. 2000)")
   p.add_argument("--cpu-devices", type=int, default=0,
                  help="split the CPU into this many devices and also time the seeds split "
                       "over them ('split'; --seeds must divide evenly)")
@@ -183,6 +207,8 @@ def main() -> None:
       bench_scaling(kind, [int(n) for n in a.scaling.split(",")], a.steps, a.reps)
     if a.trainer_steps:
       bench_trainer(kind, a.seeds, a.trainer_steps)
+    if a.process_steps:
+      bench_processes(kind, a.seeds, a.process_steps)
 
 if __name__ == "__main__":
   main()
