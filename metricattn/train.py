@@ -284,7 +284,8 @@ def _train(configs, workdirs: list[Path], ckpt_dir: Path, stacked: bool) -> list
   runs[0].writer.info(
       f"{ckpt_dir}: {config.model.name}/{config.model.attention}, {n_params:,} params, "
       f"{len(configs)} seed(s){' vmapped' if stacked else ''}, {jax.device_count()} "
-      f"device(s){' (seeds split over them)' if by_seed else ''}, {'resuming at step ' + str(start) if start else 'starting'}")
+      f"device(s){' (seeds split over them)' if by_seed else ''}, "
+      f"{'resuming at step ' + str(start) if start else 'starting'}")
 
   step_fn = make_train_step(graphdef, task, tx)
   arrays, per_seed = resident_arrays(datas)
