@@ -39,7 +39,7 @@ from metricattn.data import get_dataset
 from metricattn.models import build_model
 from metricattn.optim import make_optimizer
 from metricattn.tasks import get_task
-from metricattn.train import make_train_step, stack_trees
+from metricattn.train import make_mesh, make_train_step, stack_trees
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "moons_ipn.py"
 
@@ -71,10 +71,8 @@ def program(kind: str, seeds: list[int], stacked: bool, split: bool = False):
     opt_state = tx.init(params)
   batch = jax.tree.map(jnp.asarray, batch)
   if split:
-    mesh = jax.make_mesh((jax.device_count(),), ("seed",),
-                         axis_types=(jax.sharding.AxisType.Auto,))
     params, opt_state, batch, key = jax.device_put(
-        (params, opt_state, batch, key), jax.sharding.NamedSharding(mesh, P("seed")))
+        (params, opt_state, batch, key), jax.sharding.NamedSharding(make_mesh(), P("data")))
   jitted = jax.jit(step_fn, donate_argnums=(0, 1))
   cost = jitted.lower(params, opt_state, batch, jnp.int32(0), key,
                       jnp.float32(1.0)).compile().cost_analysis()
