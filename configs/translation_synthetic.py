@@ -38,7 +38,7 @@ jobs (load average about 8), with an empty XLA cache, by
   python -m metricattn.sweep --config=configs/translation_synthetic.py \
       --grid attention=softmax,l2,metric --seeds 0 --root runs/synthetic-mt
 (then `python -m metricattn.report runs/synthetic-mt`; the report is in
-experiments/results/translation_synthetic/). From each run's summary.json (the step-200
+results/translation_synthetic/). From each run's summary.json (the step-200
 BLEU from its metrics.jsonl), 400 steps:
   kind     test BLEU  val BLEU  test BLEU at step 200  wall_seconds  of which compile  steps/s
   softmax  100.0      100.0     98.0                   44.0          12.7              23.6

@@ -47,7 +47,7 @@ Fields (every one is read by the trainer, the data or the model):
 Runs made: `python -m metricattn.experiment vit_fashion_mnist --budget quick` runs this
 config at its defaults (ViT-Mu/7, one epoch, batch 32; evaluating every 286 steps) for
 each kind and seeds 0, 1, 2 (2-core x86_64 CPU, Intel Xeon, JAX 0.10.2, 2026-11-26, commit
-b748d43, 35-47 s per run). Test accuracy, mean ± std over the 3 seeds (experiments/results/vit_fashion_mnist/report.md):
+b748d43, 35-47 s per run). Test accuracy, mean ± std over the 3 seeds (results/vit_fashion_mnist/report.md):
   softmax 0.8347 ± 0.0033, l2 0.8220 ± 0.0030, metric 0.8197 ± 0.0016; every run above 0.80.
 """
 

@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
   p.add_argument("--step", default="latest", help="latest, best or a step number")
   p.add_argument("--splits", default="", help="comma-separated; default: the run's eval splits")
   a = p.parse_args(argv)
-  from metricattn.main import enable_compilation_cache
+  from metricattn.cli import enable_compilation_cache
   enable_compilation_cache()
   try:
     result = evaluate_workdir(a.workdir, a.step, [s for s in a.splits.split(",") if s])

@@ -1,7 +1,7 @@
-"""Run one experiment of `metricattn.experiments` end to end and write its report.
+"""Run one experiment of `metricattn.registry` end to end and write its report.
 
   python -m metricattn.experiment moons --budget quick \
-      [--root runs/experiments/moons/quick] [--jobs N] [--results experiments/results/moons]
+      [--root runs/experiments/moons/quick] [--jobs N] [--results results/moons]
   python -m metricattn.experiment --list
 
 Steps: check the config and the data; record the definition in ROOT/experiment.json; run the
@@ -24,7 +24,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from metricattn import experiments
+from metricattn import registry
 from metricattn.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -32,14 +32,14 @@ OUTPUTS = ("report.md", "report.json", "curves.png", "violin.png", "robustness.m
            "robustness.json", "robustness.png")
 
 
-def config_path(exp: experiments.Experiment) -> Path:
+def config_path(exp: registry.Experiment) -> Path:
   path = REPO / exp.config
   if not path.exists():
     raise UserError(f"experiment {exp.name} needs {exp.config}, which does not exist yet")
   return path
 
 
-def load_config(exp: experiments.Experiment, budget: str, kind: str):
+def load_config(exp: registry.Experiment, budget: str, kind: str):
   """The config of one grid point, with the budget's overrides, built in this process."""
   path = config_path(exp)
   _, _, args = exp.config_arg(budget).partition(":")
@@ -75,7 +75,7 @@ def preflight(config) -> None:
     get_dataset(config)
 
 
-def sweep_args(exp: experiments.Experiment, budget: str, root: Path,
+def sweep_args(exp: registry.Experiment, budget: str, root: Path,
                jobs: int | None) -> list[str]:
   b = exp.budget(budget)
   config = os.path.relpath(config_path(exp)) + exp.config_arg(budget)[len(exp.config):]
@@ -87,7 +87,7 @@ def sweep_args(exp: experiments.Experiment, budget: str, root: Path,
   return args + (["--vmap-seeds"] if exp.vmap_seeds else [])
 
 
-def record(root: Path, exp: experiments.Experiment, budget: str, sweep: list[str],
+def record(root: Path, exp: registry.Experiment, budget: str, sweep: list[str],
            command: str) -> dict:
   """Writes ROOT/experiment.json; refuses a root that holds another definition."""
   b = exp.budget(budget)
@@ -126,7 +126,7 @@ def run(name: str, budget: str, root: Path | None, jobs: int | None,
         results: Path | None, command: str, robust: bool = True) -> int:
   from metricattn.report import write_report
   from metricattn.sweep import main as sweep_main
-  exp = experiments.get(name)
+  exp = registry.get(name)
   exp.budget(budget)
   root = root or Path("runs/experiments") / name / budget
   preflight(load_config(exp, budget, exp.kinds[0]))
@@ -153,7 +153,7 @@ def run(name: str, budget: str, root: Path | None, jobs: int | None,
 
 def list_experiments() -> str:
   lines = []
-  for e in experiments.EXPERIMENTS.values():
+  for e in registry.EXPERIMENTS.values():
     exists = "" if (REPO / e.config).exists() else f"  [missing {e.config}]"
     lines.append(f"{e.name:24s} {e.title}{exists}")
     for b, budget in e.budgets.items():
@@ -163,7 +163,7 @@ def list_experiments() -> str:
 
 def main(argv: list[str] | None = None) -> int:
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  p.add_argument("name", nargs="?", help=f"one of {', '.join(experiments.EXPERIMENTS)}")
+  p.add_argument("name", nargs="?", help=f"one of {', '.join(registry.EXPERIMENTS)}")
   p.add_argument("--budget", default="quick", help="full, quick or test")
   p.add_argument("--root", type=Path, default=None,
                  help="where the runs go (default runs/experiments/NAME/BUDGET)")

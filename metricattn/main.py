@@ -6,11 +6,10 @@ key is an error). Bad input ends with one line on stderr and exit code 2.
 
 from __future__ import annotations
 
-import sys
-
 from absl import app, flags
 from ml_collections import config_flags
 
+from metricattn.cli import enable_compilation_cache, fail, run, set_cpu_devices
 from metricattn.errors import UserError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (path:args).",
@@ -24,32 +23,6 @@ _CPU_DEVICES = flags.DEFINE_integer(
     "split over them when they divide evenly, else each batch is. Default: leave JAX's "
     "setting (one CPU device); not used on GPU or TPU.")
 flags.mark_flags_as_required(["config", "workdir"])
-
-
-def set_cpu_devices(count: int | None) -> None:
-  """Splits the host CPU into `count` devices (before JAX starts its backends)."""
-  if count is None:
-    return
-  if count < 1:
-    fail(f"--cpu_devices must be at least 1; got {count}")
-  import jax
-  jax.config.update("jax_num_cpu_devices", count)
-
-
-def enable_compilation_cache() -> None:
-  """Persistent XLA cache: repeated runs of the same shapes compile in a fraction of the time."""
-  import logging
-  import os
-  import jax
-  logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
-  path = os.environ.get("METRICATTN_XLA_CACHE", os.path.expanduser("~/.cache/metricattn/xla"))
-  jax.config.update("jax_compilation_cache_dir", path)
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
-
-
-def fail(message: str) -> None:
-  print(f"error: {message}", file=sys.stderr)
-  sys.exit(2)
 
 
 def parse_flags(argv: list[str]) -> list[str]:
@@ -67,14 +40,6 @@ def parse_flags(argv: list[str]) -> list[str]:
     if isinstance(e, (KeyError, AttributeError)):  # their str() is a repr in quotes
       text = text[1:-1]
     fail(f"bad flag or config override: {text}")
-
-
-def run(fn, *args) -> None:
-  """Calls fn(*args); a UserError becomes one line on stderr and exit code 2."""
-  try:
-    fn(*args)
-  except UserError as e:
-    fail(str(e))
 
 
 def main(argv) -> None:

@@ -378,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
   p.add_argument("--force", action="store_true", help="recompute existing robustness.json")
   a = p.parse_args(argv)
   settings = Settings(a.split, a.sigmas, a.eps, a.pgd_steps, a.max_examples)
-  from metricattn.main import enable_compilation_cache
+  from metricattn.cli import enable_compilation_cache
   enable_compilation_cache()
   try:
     if a.pgd_steps < 1 or not a.sigmas or not a.eps:

@@ -31,7 +31,7 @@ from metricattn.optim import make_optimizer
 from metricattn.tasks import get_task
 from metricattn.train import make_mesh, make_train_step, shard_batch
 
-KINDS = ("softmax", "l2", "metric")
+from metricattn.attention import KINDS
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "vit_image.py"
 
 

@@ -5,12 +5,12 @@ import json
 
 import pytest
 
-from metricattn import experiment, experiments
+from metricattn import experiment, registry
 
 
-@pytest.mark.parametrize("name", list(experiments.EXPERIMENTS))
+@pytest.mark.parametrize("name", list(registry.EXPERIMENTS))
 def test_definitions_load_with_every_budget(name):
-  exp = experiments.get(name)
+  exp = registry.get(name)
   assert {"full", "quick", "test"} <= set(exp.budgets)
   assert exp.kinds == ("softmax", "l2", "metric") and exp.budgets["full"].seeds == 10
   assert exp.metric in ("test/accuracy", "test/bleu")
@@ -22,8 +22,8 @@ def test_definitions_load_with_every_budget(name):
 
 
 def test_missing_config_is_one_clear_line(monkeypatch, tmp_path, capsys):
-  moons = experiments.EXPERIMENTS["moons"]
-  monkeypatch.setitem(experiments.EXPERIMENTS, "moons",
+  moons = registry.EXPERIMENTS["moons"]
+  monkeypatch.setitem(registry.EXPERIMENTS, "moons",
                       dataclasses.replace(moons, config="configs/not_written_yet.py"))
   assert experiment.main(["moons", "--budget", "test", "--root", str(tmp_path)]) == 2
   err = capsys.readouterr().err.strip()

@@ -10,7 +10,7 @@ import pytest
 from metricattn.config_utils import steps_from_epochs
 from metricattn.data.images import SPECS, digits_splits
 from metricattn.errors import UserError
-from metricattn.layers import KINDS
+from metricattn.attention import KINDS
 from metricattn.train import train_and_evaluate
 from tests.helpers import ROOT, cli, load_config
 

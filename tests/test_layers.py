@@ -7,7 +7,7 @@ import pytest
 from flax import nnx
 
 from metricattn.errors import UserError
-from metricattn.layers import Attention
+from metricattn.attention import Attention
 
 
 def layer(kind, **kw):

@@ -37,7 +37,7 @@ def test_tiny_end_to_end_run(tmp_path):
 KILLER = """
 import os, signal, sys
 from metricattn import writers
-from metricattn.main import enable_compilation_cache
+from metricattn.cli import enable_compilation_cache
 write = writers.MetricWriter.write
 def write_then_die(self, step, split, metrics):
   write(self, step, split, metrics)

@@ -19,7 +19,7 @@ from metricattn.models.decoding import decode, decode_model
 from metricattn.models.transformer import EncoderClassifier, Hyper, Transformer
 from metricattn.tasks import Translation, get_task, token_losses
 
-KINDS = ("softmax", "l2", "metric")
+from metricattn.attention import KINDS
 BOS, EOS = 2, 3
 SRC_VOCAB, TGT_VOCAB = 20, 23
 MAX_DECODE = 12

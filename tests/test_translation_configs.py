@@ -18,7 +18,7 @@ from metricattn.train import train_and_evaluate
 from tests.helpers import cli, load_config, tiny_moons
 from tests.test_translation_data import write_multi30k
 
-KINDS = ("softmax", "l2", "metric")
+from metricattn.attention import KINDS
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from flax import nnx
 from ml_collections import ConfigDict
 
 from metricattn.errors import UserError
-from metricattn.layers import KINDS
+from metricattn.attention import KINDS
 from metricattn.models import build_model
 from metricattn.models.vit import SIZES, ViT, count_params, parse_variant
 

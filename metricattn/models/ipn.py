@@ -13,7 +13,7 @@ from __future__ import annotations
 import jax
 from flax import nnx
 
-from metricattn.layers import Attention
+from metricattn.attention import Attention
 
 
 class PropagationBlock(nnx.Module):

@@ -52,7 +52,7 @@ from flax import nnx
 
 from metricattn import attention as attn_lib
 from metricattn.errors import UserError
-from metricattn.layers import Attention, check_kind
+from metricattn.attention import Attention, check_kind
 
 PAD = 0
 NORMS = ("post", "pre")

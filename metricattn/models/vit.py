@@ -44,7 +44,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from metricattn.errors import UserError
-from metricattn.layers import Attention, check_kind
+from metricattn.attention import Attention, check_kind
 
 POOLS = ("cls", "mean")
 

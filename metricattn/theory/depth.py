@@ -27,7 +27,7 @@ from scipy.sparse.csgraph import connected_components
 from scipy.spatial.distance import pdist, squareform
 
 from metricattn import attention as attn_lib
-from metricattn.layers import Attention
+from metricattn.attention import Attention
 
 
 def gaussian_data(n: int, dim: int, seed: int) -> np.ndarray:

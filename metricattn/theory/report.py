@@ -1,6 +1,6 @@
 """Runs the three theory probes and writes `report.md`, `results.json` and PNG figures.
 
-  python -m metricattn.theory --out experiments/results/theory [--quick] [--seed 0]
+  python -m metricattn.theory --out results/theory [--quick] [--seed 0]
 
 Every number in the report is computed by this run; the text around the numbers is fixed.
 """
@@ -36,7 +36,7 @@ DEPTH_DIM = 16
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument("--out", default="experiments/results/theory", help="output directory")
+  p.add_argument("--out", default="results/theory", help="output directory")
   p.add_argument("--quick", action="store_true", help="small N grid (about a minute)")
   p.add_argument("--seed", type=int, default=0, help="seed of every sample and layer")
   p.add_argument("--block", type=int, default=1024, help="queries per attention block")

@@ -2,7 +2,7 @@
 attention is from a symmetric (metric) kernel, and how the features cluster.
 
   python -m metricattn.theory trained --runs runs/theory-ipn \
-      --out experiments/results/theory/trained [--seeds 0:5] [--steps 2000]
+      --out results/theory/trained [--seeds 0:5] [--steps 2000]
 
 Every (kind, seed) is an IPN trained by `metricattn.train.train_and_evaluate` with
 `configs/moons_ipn.py` in RUNS/attention=KIND/seed=S (a finished run is reused, an
@@ -63,7 +63,7 @@ from metricattn import attention as attn_lib
 from metricattn.errors import UserError
 from metricattn.theory import depth as depth_lib
 
-KINDS = ("softmax", "l2", "metric")
+from metricattn.attention import KINDS
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "configs" / "moons_ipn.py"
 RANK_TOL, CLUSTER_TOL, EIG_TOL = 1e-3, 0.05, 1e-2
@@ -285,7 +285,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                               description="Per-layer asymmetry and clustering of trained "
                               "Moon IPNs (issue 6, section 3).")
   p.add_argument("--runs", default="runs/theory-ipn", help="root of the training runs")
-  p.add_argument("--out", default="experiments/results/theory/trained",
+  p.add_argument("--out", default="results/theory/trained",
                  help="output directory (report.md, results.json, PNGs)")
   p.add_argument("--seeds", default="0:5", help="'0:5', '0,3' or '2'")
   p.add_argument("--kinds", default=",".join(KINDS), help="comma-separated attention kinds")
@@ -514,7 +514,7 @@ def train_all(kinds: list[str], seeds: list[int], steps: int, root: Path):
 
 
 def main(argv: list[str] | None = None) -> None:
-  from metricattn.main import enable_compilation_cache
+  from metricattn.cli import enable_compilation_cache
   from metricattn.sweep import parse_seeds
   from metricattn.theory import figures
   args = parse_args(argv)

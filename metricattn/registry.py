@@ -8,7 +8,8 @@ vmapped in one program, and budgets:
   quick  runs on the project's 2-core x86_64 CPU in minutes (fewer steps, sometimes fewer
          seeds or a smaller model; the report says which).
   test   a few steps and 2 seeds, for the test suite.
-`python -m metricattn.experiment NAME --budget quick` runs one end to end (see there).
+`python -m metricattn.experiment NAME --budget quick` runs one end to end (the runner,
+`metricattn/experiment.py`); this module only defines them.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import dataclasses
 
 from metricattn.errors import UserError
 
-KINDS = ("softmax", "l2", "metric")
+from metricattn.attention import KINDS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,11 +62,11 @@ class Experiment:
 TEST_OVERRIDES = ("train.log_every=5", "train.eval_every=10", "train.checkpoint_every=10")
 
 
-def ipn(dataset: str, title: str, target: float, full_steps: int, full_where: str,
+def ipn(name: str, dataset: str, title: str, target: float, full_steps: int, full_where: str,
         quick: Budget, source: str = "") -> Experiment:
   """The paper's MNIST comparison (Fig. 3): IPN on images as vectors, on one dataset."""
   return Experiment(
-      name=f"ipn_{dataset}", title=title, config="configs/ipn_mnist.py",
+      name=name, title=title, config="configs/ipn_mnist.py",
       args=f"dataset={dataset}" + (f",source={source}" if source else ""),
       metric="test/accuracy", target=target, vmap_seeds=True, robustness=True,
       robustness_args=("--max-examples=1000",),
@@ -88,16 +89,17 @@ EXPERIMENTS = {e.name: e for e in [
                             "default), 10 seeds vmapped per kind; about 2 minutes on the "
                             "2-core CPU"),
             "test": Budget("steps=20", TEST_OVERRIDES, seeds=2, note="tests only")}),
-    ipn("mnist", "MNIST, IPN (paper Fig. 3)", 0.95, 27_500, "50 epochs; one GPU",
+    ipn("ipn_mnist", "mnist", "MNIST, IPN (paper Fig. 3)", 0.95, 27_500, "50 epochs; one GPU",
         Budget("steps=1000", ("train.eval_every=250", "train.checkpoint_every=500"),
                note="1,000 steps (about 2 epochs), 10 seeds vmapped per kind; needs MNIST "
                     "prepared for tensorflow-datasets (online once)")),
-    ipn("fashion_mnist", "Fashion-MNIST, IPN (paper Fig. 3 on Fashion-MNIST)", 0.8, 27_500,
+    ipn("ipn_fashion_mnist", "fashion_mnist",
+        "Fashion-MNIST, IPN (paper Fig. 3 on Fashion-MNIST)", 0.8, 27_500,
         "50 epochs; one GPU",
         Budget("steps=1000", ("train.eval_every=250", "train.checkpoint_every=500"),
                note="1,000 steps (about 2 epochs), 10 seeds vmapped per kind; offline "
                     "(Debian's dataset-fashion-mnist)")),
-    ipn("digits", "Digits 8x8, IPN (paper Fig. 3 on scikit-learn digits)", 0.9, 10_000,
+    ipn("ipn_digits", "digits", "Digits 8x8, IPN (paper Fig. 3 on scikit-learn digits)", 0.9, 10_000,
         "about 700 epochs; a CPU suffices (about 20 minutes on the 2-core CPU, estimated "
         "from the quick budget's speed)",
         Budget("steps=1500", ("train.eval_every=100", "train.checkpoint_every=500"),

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from metricattn import attention as attn_lib
+from metricattn.attention import kernels as attn_lib
 from metricattn.errors import UserError
 
 KINDS = ("softmax", "l2", "metric")

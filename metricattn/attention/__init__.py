@@ -1,0 +1,16 @@
+"""Attention: pure kernels (`kernels.py`) and the one Flax attention module (`layer.py`).
+
+  from metricattn.attention import dot_product_attention, l2_attention   # kernels
+  from metricattn.attention import Attention, KINDS                      # the layer
+
+`KINDS` is the one tuple of attention kinds; `check_kind` the one place a kind is checked.
+"""
+
+from metricattn.attention.kernels import (dot_product_attention, dot_product_logits,
+                                          key_sqnorm, l2_attention, l2_logits,
+                                          masked_softmax_attend)
+from metricattn.attention.layer import KINDS, Attention, MetricMLP, check_kind, split_heads
+
+__all__ = ["KINDS", "Attention", "MetricMLP", "check_kind", "dot_product_attention",
+           "dot_product_logits", "key_sqnorm", "l2_attention", "l2_logits",
+           "masked_softmax_attend", "split_heads"]
