@@ -30,12 +30,11 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
-import platform
 import sys
 from pathlib import Path
 
 from metricattn import plots, stats
+from metricattn.reporting import machine_description
 from metricattn.writers import read_jsonl
 
 # The headline metric of a run, by preference.
@@ -162,22 +161,6 @@ def metric_digits(metric: str) -> int:
 
 def fmt_p(p: float | None) -> str:
   return "n/a" if p is None else (f"{p:.2e}" if p < 1e-3 else f"{p:.3f}")
-
-
-def machine_description() -> str:
-  """E.g. '2-core x86_64 CPU (Intel(R) Xeon(R) ...), Linux, Python 3.11, JAX 0.10.2'."""
-  model = ""
-  try:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-      if line.startswith("model name"):
-        model = line.split(":", 1)[1].strip()
-        break
-  except OSError:
-    pass
-  import jax
-  return (f"{os.cpu_count()}-core {platform.machine()} CPU{f' ({model})' if model else ''}, "
-          f"{platform.system()}, Python {platform.python_version()}, JAX {jax.__version__}, "
-          f"backend {jax.default_backend()}")
 
 
 def header_lines(root: Path, runs: list[dict], metric: str, target: float | None,
