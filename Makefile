@@ -50,7 +50,7 @@ ipn-demo: $(STAMP) fashion-mnist
 	$(PY) -m metricattn.report runs/ipn-fmnist
 
 bench-vit: $(STAMP)
-	$(PY) scripts/bench_vit.py
+	$(PY) scripts/bench_vit.py --reps 30
 
 clean-runs:
 	rm -rf runs
