@@ -1,0 +1,48 @@
+"""Every command the README (and docs/) shows names something that exists and flags it accepts.
+
+scripts/run_readme.py runs them all as written (minutes: `make demo`, a quick experiment);
+this test checks in seconds that none would fail on a missing target, module or flag.
+"""
+
+import functools
+import re
+import sys
+
+import pytest
+
+from tests.helpers import ROOT, cli
+
+sys.path.insert(0, str(ROOT / "scripts"))
+from run_readme import commands  # noqa: E402
+
+COMMANDS = commands()
+
+
+@functools.cache
+def help_text(module: str):
+  return cli(module, "--help")
+
+
+DOC_COMMANDS = [c for page in sorted((ROOT / "docs").glob("*.md")) for c in commands(page)]
+
+
+def test_the_readme_has_its_commands():
+  assert COMMANDS[:2] == ["make demo", "make test"]
+  assert any(c.startswith("python -m metricattn.main ") for c in COMMANDS)
+
+
+@pytest.mark.parametrize("cmd", COMMANDS + DOC_COMMANDS)
+def test_readme_command_exists_and_its_flags_are_known(cmd):
+  words = cmd.split()
+  if words[0] == "rm":  # clearing the XLA cache
+    return
+  if words[0] == "make":
+    targets = re.findall(r"^([a-z][\w-]*):", (ROOT / "Makefile").read_text(), flags=re.M)
+    assert words[1] in targets
+    return
+  assert words[:2] == ["python", "-m"], f"not written with the README's convention: {cmd}"
+  out = help_text(words[2])
+  assert out.returncode == (1 if words[2] == "metricattn.main" else 0), out.stderr  # absl: 1
+  for flag in re.findall(r"(?:^|\s)(--[a-z_-]+)", cmd):
+    if not flag.startswith("--config."):
+      assert flag in out.stdout, f"{words[2]} does not know {flag}"
