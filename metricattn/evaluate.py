@@ -4,7 +4,8 @@
 
 Rebuilds data and model from the workdir's config.json, restores the checkpoint, evaluates,
 prints the metrics and writes them to WORKDIR/evaluation.json. `best` is the kept checkpoint
-with the highest headline metric (accuracy, else BLEU, else lowest loss) in metrics.jsonl.
+with the best evaluation on the `val` split in metrics.jsonl (accuracy, else BLEU, else lowest
+loss); never chosen on test data, so a run without a val split has no `best`.
 """
 
 from __future__ import annotations
@@ -27,16 +28,46 @@ def load_config(workdir: Path) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(json.loads(path.read_text()))
 
 
-def best_step(workdir: Path, steps: list[int]) -> int:
-  """The kept checkpoint step whose evaluation scored best."""
-  records = [r for r in read_jsonl(workdir / "metrics.jsonl")
-             if r["split"] != "train" and r["step"] in steps]
+SELECTION_SPLIT = "val"  # the only split a checkpoint or evaluation is chosen on
+
+
+def best_val_step(records: list[dict], steps: list[int] | None = None) -> int | None:
+  """The step of the best evaluation on the val split (accuracy, else BLEU, else lowest
+  loss; the latest of ties), among `steps` when given; None when there is none."""
+  rows = [r for r in records
+          if r["split"] == SELECTION_SPLIT and (steps is None or r["step"] in steps)]
   for key, sign in (("accuracy", 1), ("bleu", 1), ("loss", -1)):
-    scored = [(sign * r[key], r["step"]) for r in records if key in r]
+    scored = [(sign * r[key], r["step"]) for r in rows if key in r]
     if scored:
       return max(scored)[1]
-  raise UserError(f"no evaluation in {workdir / 'metrics.jsonl'} at a kept checkpoint "
-                  f"(steps {steps}); use --step latest")
+  return None
+
+
+def best_step(workdir: Path, steps: list[int]) -> int:
+  """The kept checkpoint step whose val evaluation scored best."""
+  records = read_jsonl(workdir / "metrics.jsonl")
+  if not any(r["split"] == SELECTION_SPLIT for r in records):
+    raise UserError(f"{workdir} has no {SELECTION_SPLIT} split to select a checkpoint on "
+                    "(choosing on test would leak it); use --step latest or a step number")
+  step = best_val_step(records, steps)
+  if step is None:
+    raise UserError(f"no {SELECTION_SPLIT} evaluation in {workdir / 'metrics.jsonl'} at a "
+                    f"kept checkpoint (steps {sorted(steps)}); use --step latest or a step "
+                    "number")
+  return step
+
+
+def choose_step(workdir: Path, step: str, steps: list[int]) -> int:
+  """The kept checkpoint step that `step` (latest, best or a number) names."""
+  if not steps:
+    raise UserError(f"{workdir} has no checkpoint to evaluate")
+  if step == "latest":
+    return max(steps)
+  if step == "best":
+    return best_step(workdir, steps)
+  if not step.isdigit() or int(step) not in steps:
+    raise UserError(f"no checkpoint at step {step} in {workdir}; kept: {sorted(steps)}")
+  return int(step)
 
 
 def evaluate_workdir(workdir: str | Path, step: str = "latest",
@@ -50,16 +81,11 @@ def evaluate_workdir(workdir: str | Path, step: str = "latest",
   workdir = Path(workdir)
   config = load_config(workdir)
   ckpt = Checkpointer(workdir, config.train.keep_checkpoints)
-  steps = list(ckpt.manager.all_steps())
-  if not steps:
-    raise UserError(f"{workdir} has no checkpoint to evaluate")
-  chosen = {"latest": max(steps), "best": None}.get(step)
-  if step == "best":
-    chosen = best_step(workdir, steps)
-  elif chosen is None:
-    chosen = int(step)
-    if chosen not in steps:
-      raise UserError(f"no checkpoint at step {chosen} in {workdir}; kept: {sorted(steps)}")
+  try:
+    chosen = choose_step(workdir, step, list(ckpt.manager.all_steps()))
+  except UserError:
+    ckpt.close()
+    raise
   data, task, graphdef, params = build(config)
   replicated = NamedSharding(make_mesh(), P())
   params = ckpt.restore_params(chosen, jax.device_put(params, replicated),
@@ -79,7 +105,8 @@ def evaluate_workdir(workdir: str | Path, step: str = "latest",
 def main(argv: list[str] | None = None) -> int:
   p = argparse.ArgumentParser(description="Evaluate a run's checkpoint.")
   p.add_argument("--workdir", required=True, type=Path)
-  p.add_argument("--step", default="latest", help="latest, best or a step number")
+  p.add_argument("--step", default="latest",
+                 help="latest, best (on the val split) or a step number")
   p.add_argument("--splits", default="", help="comma-separated; default: the run's eval splits")
   a = p.parse_args(argv)
   from metricattn.cli import enable_compilation_cache

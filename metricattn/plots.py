@@ -1,7 +1,8 @@
 """Figures of a report (matplotlib, Agg backend, PNG): curves with a band over seeds, violins.
 
 A curve is (steps, values). A group's curves are aligned on the steps every seed logged; the
-line is the mean over seeds and the band spans min..max over seeds.
+line is the mean over seeds and the band spans min..max over seeds (each legend says so).
+Lines of few points (<= MARKERS_UP_TO) carry markers, so a single evaluation is visible.
 """
 
 from __future__ import annotations
@@ -10,7 +11,11 @@ from pathlib import Path
 
 import numpy as np
 
+from metricattn import stats
+
 Curve = tuple[list[int], list[float]]
+BAND = "band: min..max over seeds"
+MARKERS_UP_TO = 20
 
 
 def _pyplot():
@@ -37,17 +42,28 @@ def align(curves: list[Curve]) -> tuple[np.ndarray, np.ndarray]:
   return np.asarray(common), np.asarray(rows, np.float64).reshape(len(curves), len(common))
 
 
+def seeds_label(name: str, n: int) -> str:
+  return f"{name} (n = 1, no spread)" if n < 2 else f"{name} (n={n})"
+
+
+def legend(ax) -> None:
+  """The legend, titled with what the bands are."""
+  if ax.get_legend_handles_labels()[0]:
+    ax.legend(fontsize=8, title=BAND, title_fontsize=7)
+
+
 def band(ax, curves: list[Curve], label: str, color) -> None:
-  """Mean line and min..max band of `curves` on `ax`."""
+  """Mean line and min..max band of `curves` on `ax` (markers on lines of few points)."""
   steps, values = align(curves)
   if not len(steps):
     return
-  ax.plot(steps, values.mean(0), color=color, label=f"{label} (n={len(curves)})")
+  marker = "o" if len(steps) <= MARKERS_UP_TO else None
+  ax.plot(steps, values.mean(0), color=color, marker=marker, ms=4,
+          label=seeds_label(label, len(curves)))
   ax.fill_between(steps, values.min(0), values.max(0), color=color, alpha=0.2, linewidth=0)
 
 
-def plot_curves(groups: dict[str, dict[str, list[Curve]]], panels: list[tuple[str, str]],
-                path: Path, title: str = "") -> Path:
+def curves_figure(groups: dict[str, dict[str, list[Curve]]], panels: list[tuple[str, str]]):
   """One panel per (key, y-label) of `panels`; groups[name][key] are that group's curves."""
   plt = _pyplot()
   fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
@@ -58,8 +74,14 @@ def plot_curves(groups: dict[str, dict[str, list[Curve]]], panels: list[tuple[st
     ax.set_xlabel("step")
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-  return save(fig, path, title)
+    legend(ax)
+  return fig
+
+
+def plot_curves(groups: dict[str, dict[str, list[Curve]]], panels: list[tuple[str, str]],
+                path: Path, title: str = "") -> Path:
+  """curves_figure written to `path`."""
+  return save(curves_figure(groups, panels), path, title)
 
 
 def plot_violin(values: dict[str, list[float]], ylabel: str, path: Path,
@@ -69,14 +91,16 @@ def plot_violin(values: dict[str, list[float]], ylabel: str, path: Path,
   names = list(values)
   fig, ax = plt.subplots(figsize=(1.8 * len(names) + 2, 4))
   data = [np.asarray(values[n], np.float64) for n in names]
-  spread = [d for d in data if len(d) > 1 and np.ptp(d) > 0]
+  has_spread = [len(d) > 1 and not stats.constant(d) for d in data]
+  spread = [d for d, h in zip(data, has_spread) if h]
   if spread:  # a violin needs spread; constant groups are shown by their points only
-    pos = [i + 1 for i, d in enumerate(data) if len(d) > 1 and np.ptp(d) > 0]
+    pos = [i + 1 for i, h in enumerate(has_spread) if h]
     ax.violinplot(spread, positions=pos, showmedians=True)
   rng = np.random.default_rng(0)
   for i, d in enumerate(data, 1):
     ax.scatter(i + rng.uniform(-0.06, 0.06, len(d)), d, s=12, color="k", zorder=3)
-  ax.set_xticks(range(1, len(names) + 1), names, rotation=15, fontsize=8)
+  ticks = [seeds_label(n, len(d)) if len(d) < 2 else n for n, d in zip(names, data)]
+  ax.set_xticks(range(1, len(names) + 1), ticks, rotation=15, fontsize=8)
   ax.set_ylabel(ylabel)
   ax.grid(alpha=0.3, axis="y")
   if title:
@@ -84,8 +108,8 @@ def plot_violin(values: dict[str, list[float]], ylabel: str, path: Path,
   return save(fig, path)
 
 
-def plot_strengths(results: dict[str, dict[str, list[tuple[float, list[float]]]]],
-                   panels: list[tuple[str, str]], path: Path, title: str = "") -> Path:
+def strengths_figure(results: dict[str, dict[str, list[tuple[float, list[float]]]]],
+                     panels: list[tuple[str, str]]):
   """Accuracy against attack or noise strength: results[group][attack] = [(strength,
   accuracies over seeds)]; one panel per (attack, x-label); mean line, min..max band."""
   plt = _pyplot()
@@ -100,11 +124,17 @@ def plot_strengths(results: dict[str, dict[str, list[tuple[float, list[float]]]]
       ys = [np.asarray(p[1], np.float64) for p in points]
       c = colors[i % len(colors)]
       ax.plot(x, [y.mean() for y in ys], "o-", color=c, ms=3,
-              label=f"{name} (n={len(ys[0])})")
+              label=seeds_label(name, len(ys[0])))
       ax.fill_between(x, [y.min() for y in ys], [y.max() for y in ys], color=c, alpha=0.2,
                       linewidth=0)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("accuracy")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-  return save(fig, path, title)
+    legend(ax)
+  return fig
+
+
+def plot_strengths(results: dict[str, dict[str, list[tuple[float, list[float]]]]],
+                   panels: list[tuple[str, str]], path: Path, title: str = "") -> Path:
+  """strengths_figure written to `path`."""
+  return save(strengths_figure(results, panels), path, title)

@@ -6,9 +6,11 @@ workdirs.
 Runs are grouped by their path below ROOT without the `seed=N` part (one group per grid
 point, e.g. `attention=metric`). The headline metric is the first of METRICS that every run
 has (test accuracy, else test BLEU, ...); higher is better for all of them. Per group:
-  - the final metric's mean ± std (sample std over seeds), median, min, max;
-  - the best evaluation (the highest value of the metric at any evaluation of a run, mean
-    over seeds);
+  - the final metric's mean ± std (sample std over seeds; "n = 1, no spread" for one seed),
+    median, min, max;
+  - the metric at the best val evaluation (the evaluation chosen on the `val` split by
+    `metricattn.evaluate.best_val_step`, as `evaluate --step best` chooses; mean over seeds).
+    Runs without a val split have no such column: choosing on test data would leak it;
   - steps to reach the target (the first evaluation at or above it; median over the seeds
     that reached it, and how many did) and the same in seconds of training time
     (steps / steps_per_second: compilation and evaluation excluded);
@@ -18,8 +20,10 @@ has (test accuracy, else test BLEU, ...); higher is better for all of them. Per 
   - final training loss, steps per second, parameter count.
 Each group is compared with the `softmax` group of the same grid point (the path with
 `attention=softmax`): difference of means with a 95% percentile bootstrap interval (seeded),
-Welch's t-test and Mann-Whitney U two-sided p-values. Figures: curves.png (training loss and
-the metric over steps: mean over seeds, band min..max) and violin.png (final metric).
+Welch's t-test and Mann-Whitney U two-sided p-values; only groups of >= 2 seeds are compared.
+Figures, titled with the experiment's title (or ROOT's name) and the metric: curves.png
+(training loss and the metric over steps: mean over seeds, band min..max, markers on curves
+of few points) and violin.png (final metric).
 
 The target comes from --target, else from ROOT/experiment.json (written by
 `python -m metricattn.experiment`, which also gives the budget and command for the header).
@@ -34,7 +38,8 @@ import sys
 from pathlib import Path
 
 from metricattn import plots, stats
-from metricattn.reporting import machine_description
+from metricattn.evaluate import SELECTION_SPLIT, best_val_step
+from metricattn.reporting import machine_description, markdown_table
 from metricattn.writers import read_jsonl
 
 # The headline metric of a run, by preference.
@@ -62,6 +67,12 @@ def load_experiment(root: Path) -> dict | None:
   return json.loads(path.read_text()) if path.exists() else None
 
 
+def experiment_title(root: Path, experiment: dict | None = None) -> str:
+  """The title of ROOT's experiment (ROOT/experiment.json), else the name of ROOT."""
+  experiment = experiment or load_experiment(root)
+  return experiment["title"] if experiment else Path(root).resolve().name
+
+
 def headline_metric(runs: list[dict]) -> str:
   for m in METRICS:
     if all(m in r for r in runs):
@@ -85,13 +96,15 @@ def group_runs(runs: list[dict]) -> dict[str, list[dict]]:
 # ---------------------------------------------------------------- statistics
 
 def run_stats(run: dict, metric: str, target: float | None) -> dict:
-  """Per-run measures: final and best metric, steps/seconds to target, loss AUC and jitter."""
+  """Per-run measures: final metric and the metric at the best val evaluation (None without
+  a val split), steps/seconds to target, loss AUC and jitter."""
   split, key = metric.split("/")
   eval_steps, eval_values = series(run["records"], split, key)
   loss_steps, losses = series(run["records"], "train", "loss")
   reached = None if target is None else stats.first_reaching(eval_steps, eval_values, target)
   sps = run.get("steps_per_second")
-  return {"final": run[metric], "best": max(eval_values, default=run[metric]),
+  best_step = best_val_step(run["records"])
+  return {"final": run[metric], "best": dict(zip(eval_steps, eval_values)).get(best_step),
           "steps_to_target": reached,
           "seconds_to_target": reached / sps if reached is not None and sps else None,
           "loss_auc": stats.curve_auc(loss_steps, losses), "loss_jitter": stats.jitter(losses),
@@ -138,14 +151,19 @@ def baseline_of(name: str, groups: dict[str, dict]) -> str | None:
   return softmax[0] if len(softmax) == 1 else None
 
 
-def comparisons(groups: dict[str, dict]) -> list[dict]:
-  out = []
+def comparisons(groups: dict[str, dict]) -> tuple[list[dict], list[str]]:
+  """(comparisons with the baseline, "group vs baseline" pairs left out for < 2 seeds)."""
+  out, left_out = [], []
   for name, g in groups.items():
     base = baseline_of(name, groups)
-    if base is not None:
-      out.append({"group": name, "baseline": base,
-                  **stats.compare(g["final_values"], groups[base]["final_values"])})
-  return out
+    if base is None:
+      continue
+    if min(g["final"]["n"], groups[base]["final"]["n"]) < 2:
+      left_out.append(f"{name} vs {base}")
+      continue
+    out.append({"group": name, "baseline": base,
+                **stats.compare(g["final_values"], groups[base]["final_values"])})
+  return out, left_out
 
 
 # ---------------------------------------------------------------- rendering
@@ -183,9 +201,19 @@ def header_lines(root: Path, runs: list[dict], metric: str, target: float | None
   return lines
 
 
-SUMMARY_HEAD = ("| group | attention | seeds | {m} mean ± std | median | min | max | best eval "
-                "(mean) | steps to target (median, reached) | seconds to target | train-loss "
-                "AUC/step | train-loss jitter | final train loss | steps/s | params |")
+def mean_std(f: dict, digits: int) -> str:
+  """'mean ± std', or 'mean (n = 1, no spread)' below two seeds."""
+  if f["n"] < 2:
+    return f"{fmt(f['mean'], digits)} (n = 1, no spread)"
+  return f"{fmt(f['mean'], digits)} ± {fmt(f['std'], digits)}"
+
+
+def has_val(groups: dict[str, dict]) -> bool:
+  """Whether any run has a val evaluation to choose its best evaluation on."""
+  return any(p["best"] is not None for g in groups.values() for p in g["per_run"])
+
+
+BEST = f"at best {SELECTION_SPLIT} eval"
 
 
 def target_cell(g: dict) -> str:
@@ -198,25 +226,28 @@ def target_cell(g: dict) -> str:
 
 
 def summary_table(groups: dict[str, dict], metric: str) -> list[str]:
-  d = metric_digits(metric)
-  lines = [SUMMARY_HEAD.format(m=metric), "|" + "---|" * 15]
+  d, val = metric_digits(metric), has_val(groups)
+  head = ["group", "attention", "seeds", f"{metric} mean ± std", "median", "min", "max",
+          *([f"{metric} {BEST} (mean)"] if val else []), "steps to target (median, reached)",
+          "seconds to target", "train-loss AUC/step", "train-loss jitter", "final train loss",
+          "steps/s", "params"]
+  rows = []
   for name, g in groups.items():
-    f, n = g["final"], g["final"]["n"]
-    steps = target_cell(g)
-    lines.append(
-        f"| {name} | {g['attention']} | {n} | {fmt(f['mean'], d)} ± {fmt(f['std'], d)} | "
-        f"{fmt(f['median'], d)} | {fmt(f['min'], d)} | {fmt(f['max'], d)} | "
-        f"{fmt(g['best_mean'], d)} | "
-        f"{steps} | {fmt(g['seconds_to_target'], 1)} | {fmt(g['loss_auc'])} | "
-        f"{fmt(g['loss_jitter'])} | {fmt(g['final_loss'])} | {fmt(g['steps_per_second'], 1)} | "
-        f"{g['num_params']} |")
-  return lines
+    f = g["final"]
+    rows.append([name, g["attention"], f["n"], mean_std(f, d), fmt(f["median"], d),
+                 fmt(f["min"], d), fmt(f["max"], d), *([fmt(g["best_mean"], d)] if val else []),
+                 target_cell(g), fmt(g["seconds_to_target"], 1), fmt(g["loss_auc"]),
+                 fmt(g["loss_jitter"]), fmt(g["final_loss"]), fmt(g["steps_per_second"], 1),
+                 g["num_params"]])
+  return markdown_table(head, rows)
 
 
-def comparison_table(comps: list[dict], metric: str) -> list[str]:
+def comparison_table(comps: list[dict], left_out: list[str], metric: str) -> list[str]:
   d = metric_digits(metric)
+  note = ([f"Not compared: {', '.join(left_out)}; comparisons need >= 2 seeds per group.",
+           ""] if left_out else [])
   if not comps:
-    return ["No comparison: the runs have no `softmax` group to compare with.", ""]
+    return note or ["No comparison: the runs have no `softmax` group to compare with.", ""]
   lines = [f"Difference of the mean final `{metric}` of each group minus its `softmax` "
            "baseline; 95% percentile bootstrap interval (10,000 resamples of each group, "
            "seed 0); two-sided p-values of Welch's t-test and the Mann-Whitney U test.", "",
@@ -226,19 +257,17 @@ def comparison_table(comps: list[dict], metric: str) -> list[str]:
     lines.append(f"| {c['group']} vs {c['baseline']} | {c['diff']:+.{d}f} | "
                  f"[{c['ci_low']:+.{d}f}, {c['ci_high']:+.{d}f}] | {fmt_p(c['welch_p'])} | "
                  f"{fmt_p(c['mannwhitney_p'])} |")
-  return lines + [""]
+  return lines + [""] + note
 
 
 def per_seed_table(groups: dict[str, dict], runs_by_group: dict[str, list[dict]],
                    metric: str) -> list[str]:
-  d = metric_digits(metric)
-  lines = [f"| group | seed | {metric} | best eval | final train loss | steps/s |",
-           "|---|---|---|---|---|---|"]
-  for name, rs in runs_by_group.items():
-    for r, p in zip(rs, groups[name]["per_run"]):
-      lines.append(f"| {name} | {r['seed']} | {fmt(p['final'], d)} | {fmt(p['best'], d)} | "
-                   f"{fmt(p['final_loss'])} | {fmt(p['steps_per_second'], 1)} |")
-  return lines
+  d, val = metric_digits(metric), has_val(groups)
+  head = ["group", "seed", metric, *([BEST] if val else []), "final train loss", "steps/s"]
+  rows = [[name, r["seed"], fmt(p["final"], d), *([fmt(p["best"], d)] if val else []),
+           fmt(p["final_loss"]), fmt(p["steps_per_second"], 1)]
+          for name, rs in runs_by_group.items() for r, p in zip(rs, groups[name]["per_run"])]
+  return markdown_table(head, rows)
 
 
 def robustness_lines(root: Path) -> list[str]:
@@ -263,8 +292,11 @@ def write_figures(root: Path, runs_by_group: dict[str, list[dict]], metric: str,
                     root / "curves.png", title)
   plots.plot_violin({n: [r[metric] for r in rs] for n, rs in runs_by_group.items()},
                     f"final {metric}", root / "violin.png", title)
+  single = (" Groups of one seed (n = 1, no spread) have a line and no band."
+            if any(len(rs) < 2 for rs in runs_by_group.values()) else "")
   return [("curves.png", "training curves", "Training loss and the headline metric over "
-                                             "steps: mean over seeds, band min..max over seeds."),
+           "steps: mean over seeds, band min..max over seeds; markers on curves of "
+           f"<= {plots.MARKERS_UP_TO} points." + single),
           ("violin.png", "final metric", f"Final {metric} per group; dots are seeds.")]
 
 
@@ -274,10 +306,15 @@ def render(root: Path, runs: list[dict], *, target: float | None = None,
   metric = headline_metric(runs)
   runs_by_group = group_runs(runs)
   groups = {n: group_stats(rs, metric, target) for n, rs in runs_by_group.items()}
-  comps = comparisons(groups)
+  comps, left_out = comparisons(groups)
   lines = header_lines(root, runs, metric, target, experiment)
+  best = (f"`{metric}` {BEST}: at the evaluation with the best `{SELECTION_SPLIT}` "
+          "score (accuracy, else BLEU, else lowest loss), as `evaluate --step best` chooses. "
+          if has_val(groups) else "No best-evaluation column: the runs have no "
+          f"`{SELECTION_SPLIT}` split to choose an evaluation on (choosing on test would "
+          "leak it). ")
   lines += ["## Summary per group", "", *summary_table(groups, metric), "",
-            "Std: sample standard deviation over seeds. Steps to target: the first "
+            "Std: sample standard deviation over seeds. " + best + "Steps to target: the first "
             "evaluation at or above the target (median over the seeds that reached it). "
             "Seconds: those steps at the run's training speed (compilation and evaluation "
             "excluded). AUC/step: area under the logged training loss divided by the step "
@@ -285,9 +322,9 @@ def render(root: Path, runs: list[dict], *, target: float | None = None,
             "consecutive logged training losses (each a mean over `train.log_every` steps; "
             "it includes the descent itself, so compare it between groups of equal loss "
             "curves' shape with care).",
-            "", "## Comparison with softmax", "", *comparison_table(comps, metric)]
+            "", "## Comparison with softmax", "", *comparison_table(comps, left_out, metric)]
   if figures:
-    title = experiment["title"] if experiment else str(root)
+    title = f"{experiment_title(root, experiment)}: {metric}"
     lines += ["## Figures", ""]
     for file, alt, caption in write_figures(root, runs_by_group, metric, title):
       lines += [f"![{alt}]({file})", "", caption, ""]
@@ -301,7 +338,7 @@ def render(root: Path, runs: list[dict], *, target: float | None = None,
             "seeds advance one step)."]
   data = {"metric": metric, "target": target, "experiment": experiment,
           "groups": {n: {k: v for k, v in g.items()} for n, g in groups.items()},
-          "comparisons": comps}
+          "comparisons": comps, "not_compared": left_out}
   return "\n".join(lines) + "\n", data
 
 

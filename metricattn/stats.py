@@ -11,12 +11,24 @@ import math
 import numpy as np
 
 
-def summarize(values: list[float]) -> dict:
-  """mean, std (sample, ddof 1; 0 for one value), median, min, max and n of `values`."""
+# Values whose range is at most this times max(1, largest |value|) count as equal: runs that
+# differ only by floating-point rounding have no spread.
+RTOL = 1e-12
+
+
+def constant(values: list[float]) -> bool:
+  """True when `values` are all equal up to rounding (range <= RTOL * max(1, max |value|))."""
   v = np.asarray(values, np.float64)
-  return {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
-          "median": float(np.median(v)), "min": float(v.min()), "max": float(v.max()),
-          "n": len(v)}
+  return not len(v) or float(np.ptp(v)) <= RTOL * max(1.0, float(np.abs(v).max()))
+
+
+def summarize(values: list[float]) -> dict:
+  """mean, std (sample, ddof 1; None for one value, 0 for values equal up to rounding),
+  median, min, max and n of `values`."""
+  v = np.asarray(values, np.float64)
+  std = None if len(v) < 2 else 0.0 if constant(v) else float(v.std(ddof=1))
+  return {"mean": float(v.mean()), "std": std, "median": float(np.median(v)),
+          "min": float(v.min()), "max": float(v.max()), "n": len(v)}
 
 
 # ---------------------------------------------------------------- curves
@@ -55,9 +67,13 @@ def bootstrap_diff(a: list[float], b: list[float], *, reps: int = 10_000, seed: 
   """mean(a) - mean(b) and its percentile bootstrap interval at `level`.
 
   Each group is resampled with replacement on its own (the groups are independent runs);
-  the generator is seeded, so the interval is reproducible.
+  the generator is seeded, so the interval is reproducible. Two groups without spread give
+  the difference of their values as a point (0 when all values are equal up to rounding).
   """
   x, y = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  if constant(x) and constant(y):
+    d = 0.0 if constant(np.concatenate([x, y])) else float(x[0] - y[0])
+    return d, d, d
   rng = np.random.default_rng(seed)
   mx = x[rng.integers(0, len(x), (reps, len(x)))].mean(1)
   my = y[rng.integers(0, len(y), (reps, len(y)))].mean(1)
@@ -71,22 +87,25 @@ def _p_value(p: float) -> float | None:
 
 
 def welch_p(a: list[float], b: list[float]) -> float | None:
-  """Two-sided Welch's t-test p-value; None when undefined (too few runs, no variance)."""
+  """Two-sided Welch's t-test p-value; None for fewer than two runs in a group. Two groups
+  without spread (up to rounding) give 1 for equal values, else 0."""
   from scipy import stats
   if len(a) < 2 or len(b) < 2:
     return None
-  if np.std(a) == 0 and np.std(b) == 0:
-    return 1.0 if np.mean(a) == np.mean(b) else 0.0
+  if constant(a) and constant(b):
+    return 1.0 if constant(list(a) + list(b)) else 0.0
   return _p_value(stats.ttest_ind(a, b, equal_var=False).pvalue)
 
 
 def mannwhitney_p(a: list[float], b: list[float]) -> float | None:
-  """Two-sided Mann-Whitney U p-value; None when undefined (an empty group)."""
+  """Two-sided Mann-Whitney U p-value; None when undefined (an empty group). Values are
+  ranked at 12 significant digits, so rounding-level differences are ties."""
   from scipy import stats
   if not len(a) or not len(b):
     return None
-  if len(set(a) | set(b)) == 1:  # all values tied: no evidence of a difference
+  if constant(list(a) + list(b)):  # all values tied: no evidence of a difference
     return 1.0
+  a, b = ([float(f"{x:.12g}") for x in v] for v in (a, b))
   return _p_value(stats.mannwhitneyu(a, b, alternative="two-sided").pvalue)
 
 

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from metricattn import stats
+from metricattn import plots, stats
 from metricattn.report import main as report_main
 from metricattn.report import write_report
 
@@ -13,12 +13,15 @@ STEPS = [0, 10, 20, 30]
 
 
 def write_run(workdir, *, seed, kind, final, losses=(4.0, 2.0, 4.0, 2.0),
-              evals=((100, 0.5), (200, 0.96), (300, 0.97)), metric="accuracy", sps=100.0):
-  """A finished run as the trainer writes it: config.json, metrics.jsonl, summary.json."""
+              evals=((100, 0.5), (200, 0.96), (300, 0.97)), metric="accuracy", sps=100.0,
+              val=()):
+  """A finished run as the trainer writes it: config.json, metrics.jsonl, summary.json;
+  `val` are (step, value) evaluations on a val split (none by default, like Moon runs)."""
   workdir.mkdir(parents=True)
   (workdir / "config.json").write_text(json.dumps({"seed": seed}))
   records = [{"step": s, "split": "train", "loss": l} for s, l in zip(STEPS, losses)]
   records += [{"step": s, "split": "test", metric: v} for s, v in evals]
+  records += [{"step": s, "split": "val", metric: v} for s, v in val]
   records.append({"step": 400, "split": "test", metric: final})
   (workdir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
   summary = {f"test/{metric}": final, "train/loss": losses[-1], "attention": kind,
@@ -45,7 +48,7 @@ def test_summary_statistics_of_known_runs(root):
   assert g["final"]["mean"] == pytest.approx(0.9) and g["final"]["std"] == pytest.approx(0.1)
   assert (g["final"]["median"], g["final"]["min"], g["final"]["max"]) == pytest.approx(
       (0.9, 0.8, 1.0))
-  assert g["best_mean"] == pytest.approx(np.mean([0.97, 0.97, 1.0]))  # best of any evaluation
+  assert g["best_mean"] is None                   # no val split: no best chosen on test
   assert g["steps_to_target"] == 200 and g["reached"] == 3       # first eval >= 0.95
   assert g["seconds_to_target"] == pytest.approx(2.0)             # 200 steps at 100 steps/s
   assert g["loss_jitter"] == pytest.approx(2.0)                   # |4-2| each step
@@ -53,6 +56,19 @@ def test_summary_statistics_of_known_runs(root):
   assert g["num_params"] == 42
   assert "| attention=l2 | l2 | 3 | 0.9000 ± 0.1000 | 0.9000 | 0.8000 | 1.0000 |" in text
   assert "200 (3/3)" in text
+  assert "best val eval" not in text and "no `val` split to choose an evaluation on" in text
+
+
+def test_best_eval_is_chosen_on_val(tmp_path):
+  """The best evaluation is the one with the best val score, not the best test score."""
+  for kind, final in (("softmax", 0.9), ("l2", 0.95)):
+    for seed in range(2):
+      write_run(tmp_path / f"attention={kind}" / f"seed={seed}", seed=seed, kind=kind,
+                final=final, val=((100, 0.6), (200, 0.9), (300, 0.8)))
+  text = write_report(tmp_path)
+  g = json.loads((tmp_path / "report.json").read_text())["groups"]["attention=l2"]
+  assert g["best_mean"] == pytest.approx(0.96)   # test at step 200 (best val), not 0.97
+  assert "test/accuracy at best val eval (mean)" in text and "| 0.9600 |" in text
 
 
 def test_comparison_with_softmax(root):
@@ -83,6 +99,68 @@ def test_bootstrap_interval_covers_the_true_difference():
   assert stats.bootstrap_diff(list(a), list(b), seed=3) == (diff, lo, hi)  # seeded
   assert stats.mannwhitney_p([1.0] * 3, [1.0] * 3) == 1.0                 # all tied
   assert stats.welch_p([1.0, 1.0], [1.0, 1.0]) == 1.0
+
+
+def test_groups_equal_up_to_rounding_have_no_difference():
+  assert np.std([0.8] * 3) > 0                                    # rounding-level spread
+  assert stats.welch_p([0.8] * 3, [0.8] * 5) == 1.0
+  assert stats.mannwhitney_p([0.1 + 0.2] * 3, [0.3] * 3) == 1.0
+  assert stats.bootstrap_diff([0.8] * 3, [0.8] * 5) == (0.0, 0.0, 0.0)
+  assert stats.bootstrap_diff([0.9] * 3, [0.8] * 3)[0] == pytest.approx(0.1)
+  assert stats.welch_p([0.9] * 3, [0.8] * 3) == 0.0               # constant and different
+  assert stats.mannwhitney_p([0.3, 0.1 + 0.2, 0.5], [0.3, 0.3, 0.5]) == 1.0
+  assert stats.welch_p([0.8, 0.9, 1.0], [0.5, 0.6, 0.7]) < 0.05   # real spread still tested
+  assert stats.summarize([0.8] * 3)["std"] == 0.0
+  assert stats.summarize([0.8])["std"] is None
+
+
+def test_one_seed_per_group_prints_no_spread_and_no_tests(tmp_path):
+  for kind, final in (("softmax", 0.6), ("l2", 0.9)):
+    write_run(tmp_path / f"attention={kind}" / "seed=0", seed=0, kind=kind, final=final)
+  text = write_report(tmp_path)
+  assert "| attention=l2 | l2 | 1 | 0.9000 (n = 1, no spread) |" in text
+  assert "± 0.0000" not in text and "Welch" not in text and "bootstrap interval" not in text
+  assert "Not compared: attention=l2 vs attention=softmax; comparisons need >= 2 seeds " \
+         "per group." in text
+  data = json.loads((tmp_path / "report.json").read_text())
+  assert data["comparisons"] == [] and data["groups"]["attention=l2"]["final"]["std"] is None
+  assert "have a line and no band" in text
+
+
+def test_single_point_curves_are_drawn_with_markers():
+  curves = {"softmax": {"loss": [([0, 10], [2.0, 1.0])], "metric": [([40], [0.9])]},
+            "l2": {"loss": [([0, 10], [2.0, 1.5])] * 2, "metric": [([40], [0.8])] * 2}}
+  fig = plots.curves_figure(curves, [("loss", "training loss"), ("metric", "accuracy")])
+  loss_ax, metric_ax = fig.axes
+  lines = metric_ax.get_lines()
+  assert len(lines) == 2 and all(len(l.get_xdata()) == 1 for l in lines)
+  assert all(l.get_marker() == "o" for l in lines)
+  assert [t.get_text() for t in metric_ax.get_legend().get_texts()] == [
+      "softmax (n = 1, no spread)", "l2 (n=2)"]
+  assert metric_ax.get_legend().get_title().get_text() == plots.BAND
+  long = {"a": {"loss": [(list(range(50)), [1.0] * 50)]}}
+  [line] = plots.curves_figure(long, [("loss", "loss")]).axes[0].get_lines()
+  assert line.get_marker() in (None, "None", "")                 # many points: a plain line
+
+
+def test_robustness_figure_says_what_the_band_is():
+  results = {"softmax": {"noise": [(0.0, [0.9, 0.8]), (0.1, [0.7, 0.6])]}}
+  fig = plots.strengths_figure(results, [("noise", "sigma")])
+  assert fig.axes[0].get_legend().get_title().get_text() == "band: min..max over seeds"
+
+
+def test_figures_are_titled_with_the_experiment_and_metric(root, monkeypatch):
+  titles = []
+  save = plots.save
+  monkeypatch.setattr(plots, "save", lambda fig, path, title="": (titles.append(
+      title or fig.axes[0].get_title()), save(fig, path, title))[1])
+  write_report(root)
+  assert titles == [f"{root.name}: test/accuracy"] * 2
+  (root / "experiment.json").write_text(json.dumps(
+      {"name": "x", "title": "Moon, IPN", "budget": "test", "command": "c"}))
+  titles.clear()
+  write_report(root)
+  assert titles == ["Moon, IPN: test/accuracy"] * 2
 
 
 def test_curve_measures_on_known_curves():

@@ -150,6 +150,19 @@ def test_word_vocabulary_min_freq():
   assert words.decode(words.encode("a dog runs .")) == "a dog runs."
 
 
+@pytest.mark.parametrize("text", ["Fahrrad - rot.", "a well-known dog.",
+                                  "T-Shirt-Träger - blau, 3-4 Hunde.", "don't (x) [y] ok!"])
+def test_word_split_and_join_round_trip_hyphens(text):
+  assert tok.join_words(tok.split_words(text)) == text
+
+
+def test_word_inner_hyphen_is_its_own_token():
+  assert tok.split_words("well-known - fine") == ["well", tok.HYPHEN, "known", "-", "fine"]
+  words = tok.WordTokenizer(tok.build_word_vocab(["Fahrrad - rot, well-known."], 1))
+  assert words.decode(words.encode("Fahrrad - rot, well-known.")) == \
+      "Fahrrad - rot, well-known."
+
+
 def test_multi30k_word_level(multi30k_dir, tmp_path):
   data_dir, texts = multi30k_dir
   work = tmp_path / "work"

@@ -7,7 +7,9 @@ kind of tokenizer than the one saved (`tokenizer.json` records how they were mad
 
   sentencepiece  a unigram SentencePiece model of `vocab_size` pieces (a soft limit on small
                  corpora), saved as spm_<name>.model
-  word           words and punctuation (regex `\\w+|[^\\w\\s]`), case kept; words seen fewer
+  word           words and punctuation (regex `\\w+|[^\\w\\s]`), case kept; a hyphen inside a
+                 word is the token "@-@" (Moses style: "well-known" -> well @-@ known), so
+                 a spaced hyphen ("rot - blau") stays spaced on decoding; words seen fewer
                  than `min_freq` times in training map to unknown. Saved as vocab_<name>.txt,
                  one token per line in id order (specials, then by count, ties alphabetical).
 
@@ -29,7 +31,9 @@ from metricattn.errors import UserError
 PAD, UNK, BOS, EOS = 0, 1, 2, 3
 SPECIALS = ("<pad>", "<unk>", "<s>", "</s>")
 KINDS = ("sentencepiece", "word")
-_WORD = re.compile(r"\w+|[^\w\s]")
+_WORD = re.compile(r"@-@|\w+|[^\w\s]")
+_INNER_HYPHEN = re.compile(r"(?<=\w)-(?=\w)")
+HYPHEN = "@-@"  # the token of a hyphen inside a word
 
 
 class Tokenizer(Protocol):
@@ -78,16 +82,17 @@ def train_sentencepiece(lines: Iterable[str], vocab_size: int, path: Path) -> No
 # ---------------------------------------------------------------- word level
 
 def split_words(text: str) -> list[str]:
-  return _WORD.findall(text)
+  return _WORD.findall(_INNER_HYPHEN.sub(f" {HYPHEN} ", text))
 
 
 def join_words(words: Sequence[str]) -> str:
   """Inverse of split_words for ordinary text: no space before punctuation, none around
-  apostrophes and hyphens."""
+  apostrophes and word-internal hyphens (@-@); a spaced hyphen keeps its spaces."""
   text = " ".join(words)
   text = re.sub(r" ([.,!?;:)\]])", r"\1", text)
   text = re.sub(r"([(\[]) ", r"\1", text)
-  return re.sub(r" ?([-']) ?", r"\1", text)
+  text = re.sub(f" ?{HYPHEN} ?", "-", text)
+  return re.sub(r" ?' ?", "'", text)
 
 
 class WordTokenizer:
