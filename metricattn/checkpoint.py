@@ -10,7 +10,6 @@ import logging
 from pathlib import Path
 
 import jax
-import numpy as np
 import orbax.checkpoint as ocp
 
 from metricattn.errors import UserError
@@ -22,7 +21,7 @@ logging.getLogger("absl").setLevel(logging.WARNING)
 class Checkpointer:
   """Keeps the last `keep` checkpoints in `workdir/checkpoints`."""
 
-  def __init__(self, workdir: str | Path, keep: int):
+  def __init__(self, workdir: str | Path, keep: int | None):
     self.directory = Path(workdir).absolute() / "checkpoints"
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                            enable_async_checkpointing=False)
@@ -86,7 +85,3 @@ def _shapes_by_path(tree) -> dict[str, tuple]:
   name = lambda k: str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k))))
   return {"/".join(map(name, path)): tuple(leaf.shape)
           for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
-
-
-def num_params(params) -> int:
-  return int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))

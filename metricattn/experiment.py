@@ -16,7 +16,6 @@ directories are relative to it).
 from __future__ import annotations
 
 import argparse
-from metricattn.config_utils import load_config_file
 import json
 import os
 import shlex
@@ -25,6 +24,7 @@ import sys
 from pathlib import Path
 
 from metricattn import registry
+from metricattn.config_utils import load_config_file, set_override
 from metricattn.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -45,24 +45,9 @@ def load_config(exp: registry.Experiment, budget: str, kind: str):
   _, _, args = exp.config_arg(budget).partition(":")
   config = load_config_file(path, ",".join(a for a in (args, f"attention={kind}") if a))
   for item in exp.budget(budget).overrides:
-    set_override(config, item)
+    key, _, text = item.partition("=")
+    set_override(config, key, text)
   return config
-
-
-def set_override(config, item: str) -> None:
-  """Applies 'a.b=value' like --config.a.b=value, converting to the field's type."""
-  key, _, text = item.partition("=")
-  *parents, leaf = key.split(".")
-  node = config
-  for p in parents:
-    node = node[p]
-  old = node[leaf]
-  if isinstance(old, bool):
-    node[leaf] = text.lower() in ("1", "true")
-  elif old is None:
-    node[leaf] = float(text)
-  else:
-    node[leaf] = type(old)(text)
 
 
 def preflight(config) -> None:

@@ -39,7 +39,25 @@ def parse_flags(argv: list[str]) -> list[str]:
     text = " ".join(str(e).replace("\\n", " ").replace("\\", "").split())
     if isinstance(e, (KeyError, AttributeError)):  # their str() is a repr in quotes
       text = text[1:-1]
+      unknown_override(argv)
     fail(f"bad flag or config override: {text}")
+
+
+def unknown_override(argv: list[str]) -> None:
+  """Fails naming the first `--config.KEY` that the config lacks, with the closest keys."""
+  import difflib
+  from metricattn.config_utils import dotted_keys, load_config_file
+  path = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+  try:
+    keys = dotted_keys(load_config_file(*path.split(":", 1))) if path else []
+  except Exception:  # the config itself is broken: the caller's message says so
+    return
+  for a in argv:
+    key = a[len("--config."):].split("=", 1)[0] if a.startswith("--config.") else None
+    if keys and key and key not in keys:
+      close = difflib.get_close_matches(key, keys)
+      fail(f"unknown config key {key!r}" + (f"; did you mean: {', '.join(close)}" if close
+                                            else ""))
 
 
 def main(argv) -> None:

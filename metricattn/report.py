@@ -39,6 +39,7 @@ from pathlib import Path
 
 from metricattn import plots, stats
 from metricattn.evaluate import SELECTION_SPLIT, best_val_step
+from metricattn import reporting
 from metricattn.reporting import machine_description, markdown_table
 from metricattn.writers import read_jsonl
 
@@ -202,10 +203,7 @@ def header_lines(root: Path, runs: list[dict], metric: str, target: float | None
 
 
 def mean_std(f: dict, digits: int) -> str:
-  """'mean ± std', or 'mean (n = 1, no spread)' below two seeds."""
-  if f["n"] < 2:
-    return f"{fmt(f['mean'], digits)} (n = 1, no spread)"
-  return f"{fmt(f['mean'], digits)} ± {fmt(f['std'], digits)}"
+  return reporting.mean_std(f["mean"], f["std"], f["n"], digits)
 
 
 def has_val(groups: dict[str, dict]) -> bool:

@@ -37,8 +37,7 @@ class MetricWriter:
     if mode != "disabled":
       import wandb  # lazily: heavy, and not needed unless asked for
       self.wandb = wandb.init(project=config.wandb.project, name=workdir.name, mode=mode,
-                              dir=str(workdir), config=config.to_dict(), resume="allow",
-                              id=config.wandb.get("run_id") or None)
+                              dir=str(workdir), config=config.to_dict(), resume="allow")
 
   def write(self, step: int, split: str, metrics: dict) -> None:
     record = {"step": step, "split": split, **{k: float(v) for k, v in metrics.items()}}
