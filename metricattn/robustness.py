@@ -24,10 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
-from metricattn import runs as runs_lib
+from metricattn import reporting, runs as runs_lib
 from metricattn.attacks import ATTACKS, EPSILONS, SIGMAS, Settings, evaluate_attacks
+from metricattn.cli import error
 from metricattn.errors import UserError
-from metricattn import reporting
 from metricattn.reporting import markdown_table
 
 
@@ -72,7 +72,7 @@ def evaluate_run(workdir: Path, settings: Settings, force: bool = False) -> dict
             "attention": config.model.attention, "settings": wanted,
             **evaluate_attacks(params, graphdef, data, config, settings)}
   check_clean(workdir, result)
-  out.write_text(json.dumps(result, indent=2) + "\n")
+  runs_lib.write_atomic(out, json.dumps(result, indent=2) + "\n")
   return result
 
 
@@ -140,8 +140,8 @@ def write_root(root: Path, results: list[dict], settings: Settings) -> str:
     lines += table(agg, attack, label) + [""]
   lines += ["![accuracy against noise and attack strength](robustness.png)", ""]
   text = "\n".join(lines)
-  (root / "robustness.md").write_text(text)
-  (root / "robustness.json").write_text(json.dumps(
+  runs_lib.write_atomic(root / "robustness.md", text)
+  runs_lib.write_atomic(root / "robustness.json", json.dumps(
       {"settings": dataclasses.asdict(settings), "units": units, "groups": agg}, indent=2) + "\n")
   return text
 
@@ -189,8 +189,7 @@ def main(argv: list[str] | None = None) -> int:
       raise UserError("need --pgd-steps >= 1 and at least one sigma and one eps")
     print(run(a.workdir, settings, a.force))
   except UserError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+    return error(str(e))
   return 0
 
 

@@ -41,6 +41,21 @@ def finished(workdir: str | Path) -> bool:
   return read_json(Path(workdir) / "summary.json") is not None
 
 
+SELECTION_SPLIT = "val"  # the only split a checkpoint or evaluation is chosen on
+
+
+def best_val_step(records: list[dict], steps: list[int] | None = None) -> int | None:
+  """The step of the best evaluation on the val split (accuracy, else BLEU, else lowest
+  loss; the latest of ties), among `steps` when given; None when there is none."""
+  rows = [r for r in records
+          if r["split"] == SELECTION_SPLIT and (steps is None or r["step"] in steps)]
+  for key, sign in (("accuracy", 1), ("bleu", 1), ("loss", -1)):
+    scored = [(sign * r[key], r["step"]) for r in rows if key in r]
+    if scored:
+      return max(scored)[1]
+  return None
+
+
 def load_config(workdir: str | Path):
   """The ConfigDict a run trained with (its config.json)."""
   import ml_collections
@@ -125,3 +140,93 @@ def checkpoint_steps(workdir: str | Path) -> list[int]:
     return sorted(ckpt.manager.all_steps())
   finally:
     ckpt.close()
+
+
+# ---------------------------------------------------------------- one process per workdir
+
+class Lock:
+  """Holds WORKDIR/.lock for the whole run (an advisory flock; the kernel drops it when the
+  process dies, so a stale lock of a dead process is taken over). A second process on the
+  same workdir gets a UserError naming the holder's pid."""
+
+  def __init__(self, workdir: Path):
+    import fcntl
+    from metricattn.errors import UserError
+    path = Path(workdir) / ".lock"
+    self.file = open(path, "a+")
+    try:
+      fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+      self.file.seek(0)
+      holder = self.file.read().strip() or "unknown"
+      self.file.close()
+      raise UserError(f"{workdir} is in use by another run (pid {holder}); wait for it to "
+                      "finish or stop it, or use another --workdir") from None
+    self.file.seek(0)
+    self.file.truncate()
+    self.file.write(f"{os.getpid()}\n")
+    self.file.flush()
+
+  def release(self) -> None:
+    self.file.close()
+
+
+def make_workdir(workdir: Path) -> None:
+  """Creates `workdir` (and its parents), or says in one line why it cannot be used."""
+  from metricattn.errors import UserError
+  try:
+    workdir.mkdir(parents=True, exist_ok=True)
+    probe = tempfile.NamedTemporaryFile(dir=workdir, prefix=".write-test-")
+    probe.close()
+  except FileExistsError:
+    raise UserError(f"--workdir {workdir} exists and is not a directory") from None
+  except NotADirectoryError:
+    raise UserError(f"--workdir {workdir}: a parent of it is a file, not a directory") from None
+  except PermissionError:
+    raise UserError(f"--workdir {workdir} is not writable (permission denied); choose a "
+                    "directory you can write to") from None
+
+
+# ---------------------------------------------------------------- config changes on resume
+
+# Settings that cannot change what a run computes up to now: extending or shortening it,
+# logging, evaluation and checkpoint cadence, wandb. Changing them on resume is allowed and
+# recorded; any other change needs --allow_config_change.
+HARMLESS = ("train.steps", "train.log_every", "train.eval_every", "train.checkpoint_every",
+            "train.keep_checkpoints", "wandb.")
+CHANGES = "config_changes.jsonl"
+
+
+def config_changes(old: dict, new: dict, prefix: str = "") -> list[tuple[str, object, object]]:
+  """(dotted key, old, new) for every leaf that differs between two config dicts."""
+  out = []
+  for key in sorted(set(old) | set(new)):
+    a, b = old.get(key, "<absent>"), new.get(key, "<absent>")
+    if isinstance(a, dict) and isinstance(b, dict):
+      out += config_changes(a, b, f"{prefix}{key}.")
+    elif a != b:
+      out.append((prefix + key, a, b))
+  return out
+
+
+def check_resume(workdir: Path, config, step: int, allow: bool) -> None:
+  """Before a run resumes at `step`: refuses changed settings (UserError listing them, old ->
+  new) unless they are harmless or `allow`; records the accepted ones in CHANGES."""
+  from metricattn.errors import UserError
+  old = read_json(workdir / "config.json")
+  if old is None:
+    return
+  changes = config_changes(old, json.loads(config.to_json()))
+  if not changes:
+    return
+  risky = [c for c in changes if not c[0].startswith(HARMLESS)]
+  if risky and not allow:
+    listed = "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in risky)
+    raise UserError(f"{workdir} holds a run with other settings ({listed}); resume with the "
+                    "settings it was started with, use another --workdir, or pass "
+                    "--allow_config_change to continue it with the new ones (recorded in "
+                    f"{CHANGES})")
+  with open(workdir / CHANGES, "a") as f:
+    for k, a, b in changes:
+      f.write(json.dumps({"step": step, "key": k, "old": a, "new": b,
+                          "forced": not k.startswith(HARMLESS)}) + "\n")

@@ -209,12 +209,18 @@ def main(argv: list[str] | None = None) -> int:
   if a.progress_every > 0:
     threading.Thread(target=show_progress, args=(jobs, totals, a.root, stop, a.progress_every),
                      daemon=True).start()
-  with ThreadPoolExecutor(max_workers=a.jobs) as pool:
-    for i, (workdir, rc, secs) in enumerate(pool.map(lambda r: run_one(*r, jobs), todo), 1):
-      status = "ok" if rc == 0 else f"FAILED (exit {rc}, see {workdir / 'log.txt'})"
-      print(f"[{i}/{len(todo)}] {workdir} {status} {secs:.1f}s", flush=True)
-      failed += rc != 0
-  stop.set()
+  try:
+    with ThreadPoolExecutor(max_workers=a.jobs) as pool:
+      for i, (workdir, rc, secs) in enumerate(pool.map(lambda r: run_one(*r, jobs), todo), 1):
+        status = "ok" if rc == 0 else f"FAILED (exit {rc}, see {workdir / 'log.txt'})"
+        print(f"[{i}/{len(todo)}] {workdir} {status} {secs:.1f}s", flush=True)
+        failed += rc != 0
+  except KeyboardInterrupt:
+    print("sweep interrupted: running jobs stop after a checkpoint; rerun the same command "
+          "to finish", file=sys.stderr)
+    return 130
+  finally:
+    stop.set()
   print(f"sweep: {len(todo) - failed} of {len(todo)} runs ok in "
         f"{time.perf_counter() - t0:.0f} s", flush=True)
   return 1 if failed else 0

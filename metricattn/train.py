@@ -22,6 +22,9 @@ from __future__ import annotations
 
 import copy
 import json
+import signal
+import sys
+import threading
 import time
 from pathlib import Path
 
@@ -31,9 +34,10 @@ import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from metricattn import runs as runs_lib
 from metricattn.checkpoint import Checkpointer
 from metricattn.data import get_dataset
-from metricattn.errors import UserError
+from metricattn.errors import Interrupted, UserError
 from metricattn.feeder import Feeder, shard_batch, stack_trees
 from metricattn.models import build_model, num_params
 from metricattn.optim import Plateau, make_optimizer
@@ -45,10 +49,35 @@ class TrainingDiverged(UserError):
   """Loss or gradient became NaN/inf."""
 
 
+class Signals:
+  """While active (main thread only): SIGINT and SIGTERM ask the loop to stop after the
+  current step; a second SIGINT stops at once (KeyboardInterrupt)."""
+
+  def __init__(self):
+    self.received = None
+    self.old = {}
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      self.old = {s: signal.signal(s, self.handle) for s in (signal.SIGINT, signal.SIGTERM)}
+    return self
+
+  def handle(self, signum, frame):
+    if self.received is not None and signum == signal.SIGINT:
+      raise KeyboardInterrupt
+    self.received = signum
+
+  def __exit__(self, *exc):
+    for s, handler in self.old.items():
+      signal.signal(s, handler)
+
+
 # ---------------------------------------------------------------- config checks
 
 def check_config(config, split_batch: bool = True) -> None:
   t = config.train
+  if config.data.batch_size < 1:
+    raise UserError(f"data.batch_size must be a positive integer; got {config.data.batch_size}")
   for key in ("steps", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints"):
     if t[key] <= 0:
       raise UserError(f"train.{key} must be a positive integer; got {t[key]}")
@@ -82,11 +111,21 @@ def seeds_split_over_devices(num_seeds: int) -> bool:
 
 # ---------------------------------------------------------------- the step
 
+# Parameter initialisation draws fold_in(key(seed), n) for its n-th draw (nnx.Rngs); dropout
+# gets a stream of its own, the last fold_in index, which no initialisation reaches.
+DROPOUT_STREAM = 2**32 - 1
+
+
+def dropout_key(seed: int) -> jax.Array:
+  """The base key of a run's dropout; step t uses fold_in(dropout_key(seed), t)."""
+  return jax.random.fold_in(jax.random.key(seed), DROPOUT_STREAM)
+
+
 def make_train_step(graphdef, task, tx):
   """Pure step: (params, opt_state, batch, step, key, lr_scale) -> (params, opt_state, metrics).
 
-  `key` is the run's base key (dropout uses fold_in(key, step)); `lr_scale` multiplies the
-  update (ReduceLROnPlateau). A step whose loss or gradient is not finite leaves the state
+  `key` is the run's dropout key (`dropout_key`; step t uses fold_in(key, t)); `lr_scale`
+  multiplies the update (ReduceLROnPlateau). A step whose loss or gradient is not finite leaves the state
   unchanged and reports `finite = 0`, so the trainer can stop with the last good state.
   """
 
@@ -174,7 +213,7 @@ class Run:
 
   def finish(self, summary: dict) -> None:
     """Writes summary.json, logs the final metrics and closes the writer."""
-    (self.workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    runs_lib.write_atomic(self.workdir / "summary.json", json.dumps(summary, indent=2) + "\n")
     self.writer.info(f"done {self.workdir}: "
                      f"{json.dumps({k: v for k, v in summary.items() if '/' in k})}")
     self.writer.close()
@@ -220,19 +259,23 @@ def summarize(run: Run, meta: dict, n_params: int, seeds_in_program: int,
 
 
 def prepare_workdir(config, workdir: Path):
-  """Creates the workdir and writes config.json; a run-local tokenizer lives there."""
-  workdir.mkdir(parents=True, exist_ok=True)
+  """Creates the workdir (one-line errors when it cannot be); a run-local tokenizer lives
+  there. config.json is written only once the resume checks have passed."""
+  runs_lib.make_workdir(workdir)
   if "tokenizer_dir" in config.data and not config.data.tokenizer_dir:
     config.data.tokenizer_dir = str(workdir)
-  (workdir / "config.json").write_text(config.to_json(indent=2) + "\n")
 
 
-def train_and_evaluate(config, workdir: str | Path) -> dict:
-  """Trains one run in `workdir` (resuming from its checkpoint) and returns its summary."""
-  return _train([config], [Path(workdir)], Path(workdir), stacked=False)[0]
+def train_and_evaluate(config, workdir: str | Path, allow_config_change: bool = False) -> dict:
+  """Trains one run in `workdir` (resuming from its checkpoint) and returns its summary.
+
+  Resuming with changed settings is refused (see `runs.check_resume`) unless
+  `allow_config_change`."""
+  return _train([config], [Path(workdir)], Path(workdir), False, allow_config_change)[0]
 
 
-def train_seeds(config, seeds: list[int], root: str | Path) -> list[dict]:
+def train_seeds(config, seeds: list[int], root: str | Path,
+                allow_config_change: bool = False) -> list[dict]:
   """Trains `seeds` of `config` vmapped in one program; workdirs ROOT/seed=N."""
   configs = []
   for s in seeds:
@@ -240,14 +283,27 @@ def train_seeds(config, seeds: list[int], root: str | Path) -> list[dict]:
     c.seed = s
     configs.append(c)
   root = Path(root)
-  return _train(configs, [root / f"seed={s}" for s in seeds], root, stacked=True)
+  return _train(configs, [root / f"seed={s}" for s in seeds], root, True, allow_config_change)
 
 
-def _train(configs, workdirs: list[Path], ckpt_dir: Path, stacked: bool) -> list[dict]:
+def _train(configs, workdirs: list[Path], ckpt_dir: Path, stacked: bool,
+           allow_config_change: bool) -> list[dict]:
+  """Checks, then trains while holding the workdir lock (one process per workdir)."""
+  check_config(configs[0], split_batch=not (stacked and seeds_split_over_devices(len(configs))))
+  runs_lib.make_workdir(ckpt_dir)
+  lock = runs_lib.Lock(ckpt_dir)
+  try:
+    with Signals() as signals:
+      return _train_locked(configs, workdirs, ckpt_dir, stacked, allow_config_change, signals)
+  finally:
+    lock.release()
+
+
+def _train_locked(configs, workdirs: list[Path], ckpt_dir: Path, stacked: bool,
+                  allow_config_change: bool, signals: Signals) -> list[dict]:
   wall_start = time.perf_counter()
   config = configs[0]  # everything but the seed is shared
   by_seed = stacked and seeds_split_over_devices(len(configs))
-  check_config(config, split_batch=not by_seed)
   for c, w in zip(configs, workdirs):
     prepare_workdir(c, w)
   total = int(config.train.steps)
@@ -264,23 +320,29 @@ def _train(configs, workdirs: list[Path], ckpt_dir: Path, stacked: bool) -> list
   params = jax.device_put(params, state_sharding)
   opt_state = jax.device_put((jax.vmap(tx.init) if stacked else tx.init)(params),
                              state_sharding)
-  keys = [jax.random.key(c.seed) for c in configs]
+  keys = [dropout_key(c.seed) for c in configs]
   key = jax.device_put(jnp.stack(keys), state_sharding) if stacked else keys[0]
   plateau = Plateau(config)
   if stacked and plateau.enabled:
     raise UserError("optimizer.plateau is not supported with vmapped seeds; run seeds "
                     "separately")
 
-  # Restore the latest checkpoint, if any.
+  # Restore the newest readable checkpoint, if any, after checking the settings it was
+  # written with; only then does config.json describe this run.
   ckpt = Checkpointer(ckpt_dir, config.train.keep_checkpoints)
   meta = {"step": 0, "train_seconds": 0.0, "timed_steps": 0, "wall_seconds": 0.0,
           "data_seconds": 0.0, "runs": [{} for _ in configs], "plateau": plateau.state}
-  start = ckpt.latest_step() or 0
+  if ckpt.latest_step():
+    for c, w in zip(configs, workdirs):
+      runs_lib.check_resume(w, c, ckpt.latest_step(), allow_config_change)
+  start, state, restored = ckpt.restore_latest({"params": params, "opt_state": opt_state},
+                                               say=lambda line: print(line, file=sys.stderr))
   if start:
-    state, restored = ckpt.restore(start, {"params": params, "opt_state": opt_state})
     params, opt_state = state["params"], state["opt_state"]
     meta.update(restored)
     plateau.state = meta["plateau"]
+  for c, w in zip(configs, workdirs):
+    runs_lib.write_atomic(w / "config.json", c.to_json(indent=2) + "\n")
   runs = [Run(c, w, d, m, total, start, progress=i == 0)
           for i, (c, w, d, m) in enumerate(zip(configs, workdirs, datas, meta["runs"]))]
   n_params = num_params(params) // (len(configs) if stacked else 1)
@@ -317,7 +379,8 @@ def _train(configs, workdirs: list[Path], ckpt_dir: Path, stacked: bool) -> list
     is_log = done % config.train.log_every == 0 or done == total
     is_eval = done % config.train.eval_every == 0 or done == total
     is_ckpt = done % config.train.checkpoint_every == 0 or done == total
-    if not (is_log or is_eval or is_ckpt):
+    stopping = signals.received is not None and done < total
+    if not (is_log or is_eval or is_ckpt or stopping):
       continue
     # Sync: pull the pending metrics to the host and account the step time.
     jax.block_until_ready(params)
@@ -337,12 +400,20 @@ def _train(configs, workdirs: list[Path], ckpt_dir: Path, stacked: bool) -> list
           run.last_eval[split] = metrics
           run.writer.write(done, split, metrics)
       plateau.update(done, [run.last_eval for run in runs])
-    if is_ckpt:
+    if is_ckpt or stopping:
       meta.update(step=done, plateau=plateau.state,
                   runs=[{"window": r.window, "window_steps": r.window_steps} for r in runs],
                   wall_seconds=meta["wall_seconds"] + time.perf_counter() - wall_start)
       wall_start = time.perf_counter()
       ckpt.save(done, {"params": params, "opt_state": opt_state}, meta)
+    if stopping:
+      ckpt.close()
+      for run in runs:
+        run.writer.close()
+      name = signal.Signals(signals.received).name
+      raise Interrupted(f"{name}: stopped at step {done} of {total} with a checkpoint in "
+                        f"{ckpt.directory}; rerun the same command to resume",
+                        128 + signals.received)
     mark = time.perf_counter()
   ckpt.close()
 

@@ -502,9 +502,9 @@ layer fed nearly one-dimensional features cannot be far from symmetric.
 
 
 def write_report(out: Path, text: str, results: list[RunAnalysis], meta: dict) -> None:
-  (out / "report.md").write_text(text)
+  runs_lib.write_atomic(out / "report.md", text)
   js = dict(meta, runs=[dataclasses.asdict(r) for r in results])
-  (out / "results.json").write_text(json.dumps(js, indent=1) + "\n")
+  runs_lib.write_atomic(out / "results.json", json.dumps(js, indent=1) + "\n")
 
 
 def main(argv: list[str] | None = None) -> None:
