@@ -33,13 +33,15 @@ class Checkpointer:
     self.directory = Path(workdir).absolute() / "checkpoints"
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                            enable_async_checkpointing=False)
-    self.manager = ocp.CheckpointManager(
-        self.directory, options=options,
-        item_handlers={"state": ocp.StandardCheckpointHandler(),
-                       "meta": ocp.JsonCheckpointHandler()})
+    with quiet_orbax_log():
+      self.manager = ocp.CheckpointManager(
+          self.directory, options=options,
+          item_handlers={"state": ocp.StandardCheckpointHandler(),
+                         "meta": ocp.JsonCheckpointHandler()})
 
   def latest_step(self) -> int | None:
-    return self.manager.latest_step()
+    with quiet_orbax_log():
+      return self.manager.latest_step()
 
   def save(self, step: int, state, meta: dict) -> None:
     self.manager.save(step, args=ocp.args.Composite(
@@ -65,20 +67,29 @@ class Checkpointer:
     none. An unreadable newer checkpoint is moved aside to ../corrupt_checkpoints/STEP (kept,
     never deleted) with one line saying so; when none is readable, CorruptCheckpoint."""
     import shutil
-    steps = sorted(self.manager.all_steps(), reverse=True)
-    for i, step in enumerate(steps):
+    with quiet_orbax_log():
+      steps = sorted(self.manager.all_steps(), reverse=True)
+    unreadable = []
+    for step in steps:
       try:
-        state, meta = self.restore(step, target)
-        return step, state, meta
+        with quiet_orbax_log():
+          state, meta = self.restore(step, target)
       except CorruptCheckpoint as e:
-        if i + 1 == len(steps):
-          raise
-        aside = self.directory.parent / "corrupt_checkpoints" / str(step)
+        unreadable.append((step, e))
+        continue
+      for bad, e in unreadable:  # only now that a readable one is found
+        aside = self.directory.parent / "corrupt_checkpoints" / str(bad)
+        while aside.exists():
+          aside = aside.with_name(aside.name + "+")
         aside.parent.mkdir(exist_ok=True)
-        shutil.move(self.directory / str(step), aside)
-        self.manager.reload()
+        shutil.move(self.directory / str(bad), aside)
         say(f"warning: {e.args[0].split(';')[0]}; moved it to {aside} and resuming from "
-            f"step {steps[i + 1]}, the newest readable checkpoint")
+            f"step {step}, the newest readable checkpoint")
+      if unreadable:
+        self.manager.reload()
+      return step, state, meta
+    if unreadable:
+      raise unreadable[0][1]
     return 0, None, None
 
   def restore_params(self, step: int, params, tx, stacked: bool = False):
@@ -108,6 +119,18 @@ class Checkpointer:
   def close(self) -> None:
     self.manager.wait_until_finished()
     self.manager.close()
+
+
+@contextlib.contextmanager
+def quiet_orbax_log():
+  """Orbax logs an unreadable checkpoint's metadata at ERROR; the caller says it in one line."""
+  logger = logging.getLogger("absl")
+  level = logger.level
+  logger.setLevel(logging.CRITICAL)
+  try:
+    yield
+  finally:
+    logger.setLevel(level)
 
 
 @contextlib.contextmanager

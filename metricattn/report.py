@@ -91,9 +91,21 @@ def series(records: list[dict], split: str, key: str) -> plots.Curve:
   return [s for s, _ in rows], [v for _, v in rows]
 
 
+def group_order(group: str) -> tuple:
+  """Sorts 'optimizer.lr=3e-4/...' groups by value: numbers as numbers (3e-4 < 1e-3),
+  other values as text."""
+  def part(p: str):
+    key, _, value = p.partition("=")
+    try:
+      return (key, 0, float(value), "")
+    except ValueError:
+      return (key, 1, 0.0, value)
+  return tuple(part(p) for p in group.split("/"))
+
+
 def group_runs(runs: list[dict]) -> dict[str, list[dict]]:
   groups: dict[str, list[dict]] = {}
-  for r in sorted(runs, key=lambda r: (r["group"], r["seed"])):
+  for r in sorted(runs, key=lambda r: (group_order(r["group"]), r["seed"])):
     groups.setdefault(r["group"], []).append(r)
   return groups
 

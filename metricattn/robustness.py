@@ -178,7 +178,10 @@ def main(argv: list[str] | None = None) -> int:
   p.add_argument("--sigmas", type=floats, default=SIGMAS, help="comma-separated")
   p.add_argument("--eps", type=floats, default=EPSILONS, help="comma-separated")
   p.add_argument("--pgd-steps", type=int, default=10)
-  p.add_argument("--max-examples", type=int, default=0, help="0 = the whole split")
+  p.add_argument("--max-examples", type=int, default=0,
+                 help="evaluate whole evaluation batches until at least this many examples "
+                      "(so it is rounded up to a multiple of the evaluation batch; the report "
+                      "states the count); 0 = the whole split")
   p.add_argument("--force", action="store_true", help="recompute existing robustness.json")
   a = p.parse_args(argv)
   settings = Settings(a.split, a.sigmas, a.eps, a.pgd_steps, a.max_examples)

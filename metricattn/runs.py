@@ -209,16 +209,12 @@ def config_changes(old: dict, new: dict, prefix: str = "") -> list[tuple[str, ob
   return out
 
 
-def check_resume(workdir: Path, config, step: int, allow: bool) -> None:
-  """Before a run resumes at `step`: refuses changed settings (UserError listing them, old ->
-  new) unless they are harmless or `allow`; records the accepted ones in CHANGES."""
+def check_resume(workdir: Path, config, allow: bool) -> list[tuple[str, object, object]]:
+  """Before a run resumes: refuses changed settings (UserError listing them, old -> new)
+  unless they are harmless or `allow`; returns the accepted changes for `record_changes`."""
   from metricattn.errors import UserError
   old = read_json(workdir / "config.json")
-  if old is None:
-    return
-  changes = config_changes(old, json.loads(config.to_json()))
-  if not changes:
-    return
+  changes = [] if old is None else config_changes(old, json.loads(config.to_json()))
   risky = [c for c in changes if not c[0].startswith(HARMLESS)]
   if risky and not allow:
     listed = "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in risky)
@@ -226,6 +222,13 @@ def check_resume(workdir: Path, config, step: int, allow: bool) -> None:
                     "settings it was started with, use another --workdir, or pass "
                     "--allow_config_change to continue it with the new ones (recorded in "
                     f"{CHANGES})")
+  return changes
+
+
+def record_changes(workdir: Path, changes: list[tuple[str, object, object]], step: int) -> None:
+  """Appends the accepted changes of a run resumed at `step` to WORKDIR/CHANGES."""
+  if not changes:
+    return
   with open(workdir / CHANGES, "a") as f:
     for k, a, b in changes:
       f.write(json.dumps({"step": step, "key": k, "old": a, "new": b,

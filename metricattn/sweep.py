@@ -139,7 +139,7 @@ def run_one(workdirs: list[Path], cmd: list[str], jobs: dict) -> tuple[Path, int
   t = time.perf_counter()
   with open(logdir / "log.txt", "a") as log:
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-    jobs[logdir] = (workdirs[0], t)
+    jobs[logdir] = (workdirs[0], t, last_step(workdirs[0]))
     rc = proc.wait()
   jobs.pop(logdir, None)
   return logdir, rc, time.perf_counter() - t
@@ -165,14 +165,12 @@ def progress_line(name: str, step: int, total: int, start_step: int, seconds: fl
 
 def show_progress(jobs: dict, totals: dict, root: Path, stop: threading.Event,
                   every: float) -> None:
-  """Every `every` seconds, one line per running job: steps done, steps/s, time left."""
-  starts = {}
+  """Every `every` seconds, one line per running job: steps done, steps/s since the job
+  started (its start-up and compilation included), time left at that speed."""
   while not stop.wait(every):
-    for logdir, (workdir, _) in list(jobs.items()):
-      step = last_step(workdir)
-      start = starts.setdefault(logdir, (step, time.perf_counter()))
-      print(progress_line(str(logdir.relative_to(root)), step, totals[logdir], start[0],
-                          time.perf_counter() - start[1]), flush=True)
+    for logdir, (workdir, t0, step0) in list(jobs.items()):
+      print(progress_line(str(logdir.relative_to(root)), last_step(workdir), totals[logdir],
+                          step0, time.perf_counter() - t0), flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:

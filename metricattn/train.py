@@ -332,16 +332,16 @@ def _train_locked(configs, workdirs: list[Path], ckpt_dir: Path, stacked: bool,
   ckpt = Checkpointer(ckpt_dir, config.train.keep_checkpoints)
   meta = {"step": 0, "train_seconds": 0.0, "timed_steps": 0, "wall_seconds": 0.0,
           "data_seconds": 0.0, "runs": [{} for _ in configs], "plateau": plateau.state}
-  if ckpt.latest_step():
-    for c, w in zip(configs, workdirs):
-      runs_lib.check_resume(w, c, ckpt.latest_step(), allow_config_change)
+  changes = [runs_lib.check_resume(w, c, allow_config_change) if ckpt.latest_step() else []
+             for c, w in zip(configs, workdirs)]
   start, state, restored = ckpt.restore_latest({"params": params, "opt_state": opt_state},
                                                say=lambda line: print(line, file=sys.stderr))
   if start:
     params, opt_state = state["params"], state["opt_state"]
     meta.update(restored)
     plateau.state = meta["plateau"]
-  for c, w in zip(configs, workdirs):
+  for c, w, ch in zip(configs, workdirs, changes):
+    runs_lib.record_changes(w, ch, start)
     runs_lib.write_atomic(w / "config.json", c.to_json(indent=2) + "\n")
   runs = [Run(c, w, d, m, total, start, progress=i == 0)
           for i, (c, w, d, m) in enumerate(zip(configs, workdirs, datas, meta["runs"]))]

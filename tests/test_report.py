@@ -188,3 +188,12 @@ def test_bleu_runs_and_target_from_experiment(tmp_path, capsys):
   assert "200 (2/2)" in text                     # target 24 from experiment.json
   assert report_main([str(tmp_path), "--target", "30"]) == 0
   assert "not reached (0/2)" in (tmp_path / "report.md").read_text()
+
+
+def test_groups_sort_by_value_not_text():
+  from metricattn.report import group_order
+  groups = ["optimizer.lr=1e-3/attention=l2", "optimizer.lr=3e-3/attention=l2",
+            "optimizer.lr=3e-4/attention=l2", "optimizer.lr=3e-4/attention=metric"]
+  assert sorted(groups, key=group_order) == [
+      "optimizer.lr=3e-4/attention=l2", "optimizer.lr=3e-4/attention=metric",
+      "optimizer.lr=1e-3/attention=l2", "optimizer.lr=3e-3/attention=l2"]

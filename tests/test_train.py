@@ -119,20 +119,72 @@ def test_nan_stops_with_message_and_keeps_last_good_checkpoint(tmp_path, monkeyp
   assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["20"]
 
 
-def test_corrupt_checkpoint_is_reported_and_kept(tmp_path):
+def corrupt(workdir, step):
+  """Overwrites every file of checkpoint `step` with garbage; returns {relative path: bytes}."""
+  home = workdir / "checkpoints" / str(step)
+  files = {p.relative_to(home): b"garbage %d" % i
+           for i, p in enumerate(sorted(home.rglob("*"))) if p.is_file()}
+  assert files
+  for rel, data in files.items():
+    (home / rel).write_bytes(data)
+  return files
+
+
+def test_corrupt_checkpoint_is_reported_and_kept(tmp_path, capsys):
+  assert tiny_moons().train.keep_checkpoints == 2  # checkpoints 20 and 40 are kept
   train_and_evaluate(tiny_moons(), tmp_path)
-  files = [p for p in (tmp_path / "checkpoints" / "40").rglob("*") if p.is_file()]
-  for p in files:
-    p.write_bytes(b"garbage")
+  files = corrupt(tmp_path, 40)  # the newest
+  capsys.readouterr()
+  summary = train_and_evaluate(tiny_moons(train__steps=60), tmp_path)
+  assert summary["step"] == 60
+  out = capsys.readouterr()
+  warnings = [l for l in out.err.splitlines() if "warning" in l]
+  assert len(warnings) == 1, out.err
+  assert str(tmp_path / "checkpoints" / "40") in warnings[0]
+  assert "resuming from step 20" in warnings[0]
+  assert "resuming at step 20" in out.out
+  aside = tmp_path / "corrupt_checkpoints" / "40"
+  assert {p.relative_to(aside): p.read_bytes() for p in aside.rglob("*") if p.is_file()} == files
+  assert max(r["step"] for r in read_jsonl(tmp_path / "metrics.jsonl")) == 60
+
+
+def test_corrupt_checkpoint_on_the_command_line_has_no_traceback(tmp_path):
+  train_and_evaluate(tiny_moons(), tmp_path)
+  files = corrupt(tmp_path, 40)
+  out = cli("metricattn.main", "--config=configs/moons_ipn.py", f"--workdir={tmp_path}",
+            "--config.train.steps=60", "--config.train.log_every=10",
+            "--config.train.eval_every=20", "--config.train.checkpoint_every=20")
+  assert out.returncode == 0, out.stderr
+  assert "Traceback" not in out.stderr + out.stdout
+  [warning] = [l for l in out.stderr.splitlines() if "warning" in l]
+  assert "checkpoints/40" in warning and "resuming from step 20" in warning
+  aside = tmp_path / "corrupt_checkpoints" / "40"
+  assert {p.relative_to(aside): p.read_bytes() for p in aside.rglob("*") if p.is_file()} == files
+  assert json.loads((tmp_path / "summary.json").read_text())["step"] == 60
+
+
+def test_every_checkpoint_corrupt_is_an_error_and_deletes_nothing(tmp_path, capsys):
+  train_and_evaluate(tiny_moons(), tmp_path)
+  files = {step: corrupt(tmp_path, step) for step in (20, 40)}
+  capsys.readouterr()
   with pytest.raises(UserError, match="could not be read.*nothing was deleted"):
     train_and_evaluate(tiny_moons(train__steps=60), tmp_path)
-  assert all(p.read_bytes() == b"garbage" for p in files)
+  for step, kept in files.items():
+    home = tmp_path / "checkpoints" / str(step)
+    assert {rel: (home / rel).read_bytes() for rel in kept if (home / rel).exists()} == kept, (
+        f"checkpoint {step} did not stay in {home}")
+  assert "resuming from step" not in capsys.readouterr().err  # no checkpoint is readable
 
 
 def test_checkpoint_from_another_model_shape(tmp_path):
   train_and_evaluate(tiny_moons(), tmp_path)
-  with pytest.raises(UserError, match="another shape"):
+  # The changed setting is refused first; forced, the checkpoint's shape still cannot fit.
+  with pytest.raises(UserError, match="model.width: 16 -> 8"):
     train_and_evaluate(tiny_moons(train__steps=60, model__width=8), tmp_path)
+  with pytest.raises(UserError, match="another shape"):
+    train_and_evaluate(tiny_moons(train__steps=60, model__width=8), tmp_path,
+                       allow_config_change=True)
+  assert json.loads((tmp_path / "config.json").read_text())["model"]["width"] == 16
 
 
 def test_rerunning_a_finished_run_changes_nothing(tmp_path):
@@ -155,6 +207,10 @@ def test_rerunning_a_finished_run_changes_nothing(tmp_path):
     (["--config=configs/moons_ipn.py", "--config.model.num_heads=3"],
      "does not divide into 3 heads"),
     (["--config=configs/missing.py"], "No such file"),
+    (["--config=configs/moons_ipn.py", "--config.data.batch_size=0"],
+     "data.batch_size must be a positive integer"),
+    (["--config=configs/moons_ipn.py", "--config.data.batch_size=-4"],
+     "data.batch_size must be a positive integer"),
 ])
 def test_bad_input_is_one_line(tmp_path, args, message):
   out = cli("metricattn.main", *args, f"--workdir={tmp_path}")
