@@ -52,7 +52,8 @@ All three kinds on both datasets (the sweep and its table): README, "Image track
 
 import ml_collections
 
-from metricattn.config_utils import image_source, parse_arg
+from metricattn.config_utils import parse_arg
+from metricattn.data.images import image_source
 from metricattn.errors import UserError
 
 DATASETS = ("mnist", "fashion_mnist", "digits")

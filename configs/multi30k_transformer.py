@@ -83,11 +83,15 @@ Fields (every one is read by the trainer, the data, the task or the model):
   wandb.mode, wandb.project
 """
 
+from pathlib import Path
+
 import ml_collections
 
-from metricattn.config_utils import parse_arg, steps_from_epochs
+from metricattn.config_utils import load_module, parse_arg, steps_from_epochs
 from metricattn.data.translation import MULTI30K_SIZES
 from metricattn.errors import UserError
+
+common = load_module(Path(__file__).with_name("common.py"))
 
 SCHEDULES = ("paper", "fast")
 DEFAULT_EPOCHS = {"paper": 1000, "fast": 40}
@@ -122,11 +126,7 @@ def get_config(arg=None):
                 min_freq=2, shared_vocab=arg.tokenizer == "sentencepiece", max_len=256,
                 tokenizer_dir="", batch_size=arg.batch)
   c.eval = dict(batch_size=128, beam_size=1, length_penalty=0.6, max_decode_len=0)
-  c.model = dict(name="transformer", attention=arg.attention, num_layers=6, num_heads=8,
-                 d_model=512, qk_dim=512, d_mlp=512, d_ff=2048, dropout=0.1,
-                 scale=ml_collections.FieldReference(None, field_type=float), norm="post",
-                 ln_eps=1e-12, positions="sinusoidal", max_len=256, scale_embeddings=False,
-                 share_embeddings=False, tie_output=False, label_smoothing=0.0)
+  c.model = common.transformer(arg.attention)  # the paper's
   c.optimizer = optimizer(arg.schedule, per_epoch)
   c.train = dict(steps=steps, log_every=50, eval_every=min(per_epoch, steps),
                  checkpoint_every=min(10 * per_epoch, steps), keep_checkpoints=2)

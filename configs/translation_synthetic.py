@@ -48,9 +48,13 @@ The step budget for BLEU > 90 is 400 steps for every kind. On the same machine w
 less loaded (load average about 4.7), the metric run took 24.2 s wall (6.3 s compile).
 """
 
+from pathlib import Path
+
 import ml_collections
 
-from metricattn.config_utils import parse_arg
+from metricattn.config_utils import load_module, parse_arg
+
+common = load_module(Path(__file__).with_name("common.py"))
 
 
 def get_config(arg=None):
@@ -62,11 +66,9 @@ def get_config(arg=None):
                 max_words=10, reorder=arg.reorder, num_train=2000, num_eval=200, max_len=16,
                 batch_size=32)
   c.eval = dict(batch_size=100, beam_size=1, length_penalty=0.6, max_decode_len=0)
-  c.model = dict(name="transformer", attention=arg.attention, num_layers=2, num_heads=4,
-                 d_model=64, qk_dim=64, d_mlp=32, d_ff=128, dropout=0.0,
-                 scale=ml_collections.FieldReference(None, field_type=float), norm="post",
-                 ln_eps=1e-6, positions="sinusoidal", max_len=16, scale_embeddings=False,
-                 share_embeddings=False, tie_output=False, label_smoothing=0.0)
+  c.model = common.transformer(arg.attention, num_layers=2, num_heads=4, d_model=64,
+                               qk_dim=64, d_mlp=32, d_ff=128, dropout=0.0, ln_eps=1e-6,
+                               max_len=16)
   c.optimizer = dict(name="adam", lr=3e-3, weight_decay=0.0, b1=0.9, b2=0.98, eps=1e-9,
                      grad_clip=1.0, schedule="warmup_cosine", warmup_steps=50)
   c.train = dict(steps=arg.steps, log_every=50, eval_every=max(1, arg.steps // 2),

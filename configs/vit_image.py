@@ -53,8 +53,8 @@ b748d43, 35-47 s per run). Test accuracy, mean ± std over the 3 seeds (results/
 
 import ml_collections
 
-from metricattn.config_utils import image_source, parse_arg, steps_from_epochs
-from metricattn.data.images import image_spec
+from metricattn.config_utils import parse_arg, steps_from_epochs
+from metricattn.data.images import image_source, image_spec
 
 VAL_SIZE = 5000
 DEFAULT_VARIANTS = {"digits": "Mu/2", "cifar10": "Mu/4"}  # 28x28 images: Mu/7

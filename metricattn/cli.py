@@ -14,10 +14,15 @@ from metricattn.errors import UserError
 XLA_CACHE_ENV = "METRICATTN_XLA_CACHE"
 
 
-def fail(message: str) -> None:
-  """Prints `error: message` on stderr and exits with code 2 (bad input)."""
+def error(message: str) -> int:
+  """Prints `error: message` on stderr; returns 2, the exit code of bad input."""
   print(f"error: {message}", file=sys.stderr)
-  sys.exit(2)
+  return 2
+
+
+def fail(message: str) -> None:
+  """`error(message)`, then exit with code 2."""
+  sys.exit(error(message))
 
 
 def run(fn, *args, **kwargs):

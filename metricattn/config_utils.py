@@ -1,31 +1,63 @@
-"""Config helpers shared by the files in configs/ and the scripts (big_vision style)."""
+"""Config helpers shared by the files in configs/, the scripts and the tests (big_vision style)."""
 
 from __future__ import annotations
+
+import difflib
+import importlib.util
+from pathlib import Path
 
 import ml_collections
 
 from metricattn.errors import UserError
 
 
-def _convert(key: str, value: str, default):
-  if isinstance(default, bool):
-    if value.lower() not in ("true", "false", "1", "0"):
-      raise UserError(f"config argument {key}={value!r} must be true or false")
-    return value.lower() in ("true", "1")
+def convert(key: str, text: str, like):
+  """`text` as a value of `like`'s type (bool: true/false/1/0; None: float)."""
+  if isinstance(like, bool):
+    if text.lower() not in ("true", "false", "1", "0"):
+      raise UserError(f"config value {key}={text!r} must be true or false")
+    return text.lower() in ("true", "1")
+  kind = float if like is None else type(like)
   try:
-    return type(default)(value) if default is not None else value
+    return kind(text)
   except ValueError:
-    raise UserError(f"config argument {key}={value!r} must be a {type(default).__name__}") from None
+    raise UserError(f"config value {key}={text!r} must be a {kind.__name__}") from None
+
+
+def dotted_keys(config, prefix: str = "") -> list[str]:
+  """'a.b' for every leaf of a ConfigDict."""
+  keys = []
+  for k, v in config.items():
+    keys += (dotted_keys(v, f"{prefix}{k}.") if isinstance(v, ml_collections.ConfigDict)
+             else [prefix + k])
+  return keys
+
+
+def set_override(config, key: str, value) -> None:
+  """Sets `config.a.b` (key 'a.b') like --config.a.b=value: a string `value` is converted to
+  the field's type, another value is set as it is. UserError for a key that is not there."""
+  *parents, leaf = key.split(".")
+  node = config
+  for p in parents:
+    node = node.get(p) if isinstance(node, ml_collections.ConfigDict) else None
+  if not isinstance(node, ml_collections.ConfigDict) or leaf not in node:
+    close = difflib.get_close_matches(key, dotted_keys(config))
+    hint = f"; did you mean: {', '.join(close)}" if close else ""
+    raise UserError(f"unknown config key {key!r}{hint}")
+  node[leaf] = convert(key, value, node[leaf]) if isinstance(value, str) else value
+
+
+def load_module(path):
+  """The Python file at `path` as a module (config files are loaded by path, not imported)."""
+  spec = importlib.util.spec_from_file_location(f"config_{Path(path).stem}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
 
 
 def load_config_file(path, arg: str | None = None) -> ml_collections.ConfigDict:
   """`get_config(arg)` of a config file, as `--config=PATH:ARG` gives it (unlocked)."""
-  import importlib.util
-  from pathlib import Path
-  spec = importlib.util.spec_from_file_location(f"config_{Path(path).stem}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg or None)
+  return load_module(path).get_config(arg or None)
 
 
 def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
@@ -40,7 +72,7 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
       raise UserError(f"config argument {item!r} is not of the form key=value")
     if key not in defaults:
       raise UserError(f"unknown config argument {key!r}; allowed: {', '.join(defaults)}")
-    out[key] = _convert(key, value, defaults[key])
+    out[key] = convert(key, value, defaults[key])
   return ml_collections.ConfigDict(out)
 
 
@@ -58,17 +90,3 @@ def steps_from_epochs(epochs: float, num_examples: int, batch_size: int) -> int:
                     "examples)")
   return max(1, round(epochs * (num_examples // batch_size)))
 
-
-# Where each image dataset comes from when a config's `source=` is empty: Fashion-MNIST from
-# Debian's dataset-fashion-mnist (offline), MNIST and CIFAR-10 through tensorflow-datasets,
-# digits from scikit-learn.
-DEFAULT_IMAGE_SOURCES = {"fashion_mnist": "idx", "mnist": "tfds", "cifar10": "tfds",
-                         "digits": "digits"}
-
-
-def image_source(dataset: str, source: str = "") -> str:
-  """`source`, or the dataset's default source when empty; UserError for an unknown dataset."""
-  if dataset not in DEFAULT_IMAGE_SOURCES:
-    raise UserError(f"unknown image dataset {dataset!r}; allowed: "
-                    f"{', '.join(DEFAULT_IMAGE_SOURCES)}")
-  return source or DEFAULT_IMAGE_SOURCES[dataset]

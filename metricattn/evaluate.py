@@ -15,32 +15,11 @@ import json
 import sys
 from pathlib import Path
 
-import ml_collections
-
+from metricattn import runs
+from metricattn.cli import enable_compilation_cache, run
 from metricattn.errors import UserError
+from metricattn.runs import SELECTION_SPLIT, best_val_step
 from metricattn.writers import read_jsonl
-
-
-def load_config(workdir: Path) -> ml_collections.ConfigDict:
-  path = workdir / "config.json"
-  if not path.exists():
-    raise UserError(f"{workdir} is not a run workdir: it has no config.json")
-  return ml_collections.ConfigDict(json.loads(path.read_text()))
-
-
-SELECTION_SPLIT = "val"  # the only split a checkpoint or evaluation is chosen on
-
-
-def best_val_step(records: list[dict], steps: list[int] | None = None) -> int | None:
-  """The step of the best evaluation on the val split (accuracy, else BLEU, else lowest
-  loss; the latest of ties), among `steps` when given; None when there is none."""
-  rows = [r for r in records
-          if r["split"] == SELECTION_SPLIT and (steps is None or r["step"] in steps)]
-  for key, sign in (("accuracy", 1), ("bleu", 1), ("loss", -1)):
-    scored = [(sign * r[key], r["step"]) for r in rows if key in r]
-    if scored:
-      return max(scored)[1]
-  return None
 
 
 def best_step(workdir: Path, steps: list[int]) -> int:
@@ -72,25 +51,16 @@ def choose_step(workdir: Path, step: str, steps: list[int]) -> int:
 
 def evaluate_workdir(workdir: str | Path, step: str = "latest",
                      splits: list[str] | None = None) -> dict:
-  import jax
+  """Evaluates a run's checkpoint (a run trained alone or one seed of vmapped seeds) and
+  writes WORKDIR/evaluation.json."""
   from jax.sharding import NamedSharding, PartitionSpec as P
-  from metricattn.checkpoint import Checkpointer
-  from metricattn.optim import make_optimizer
-  from metricattn.train import build, evaluate, make_eval_step, make_mesh
+  from metricattn.train import evaluate, make_eval_step, make_mesh
 
   workdir = Path(workdir)
-  config = load_config(workdir)
-  ckpt = Checkpointer(workdir, config.train.keep_checkpoints)
-  try:
-    chosen = choose_step(workdir, step, list(ckpt.manager.all_steps()))
-  except UserError:
-    ckpt.close()
-    raise
-  data, task, graphdef, params = build(config)
+  runs.load_config(workdir)  # a clear error before anything else when it is not a run
+  chosen = choose_step(workdir, step, runs.checkpoint_steps(workdir))
   replicated = NamedSharding(make_mesh(), P())
-  params = ckpt.restore_params(chosen, jax.device_put(params, replicated),
-                               make_optimizer(config))
-  ckpt.close()
+  _, data, task, graphdef, params, _ = runs.restore(workdir, chosen, replicated)
   eval_step = make_eval_step(graphdef, task)
   result = {"step": chosen}
   for split in splits or data.eval_splits:
@@ -98,7 +68,7 @@ def evaluate_workdir(workdir: str | Path, step: str = "latest",
       raise UserError(f"unknown split {split!r}; this dataset has {', '.join(data.splits)}")
     metrics = evaluate(eval_step, params, data, task, graphdef, split, replicated)
     result.update({f"{split}/{k}": v for k, v in metrics.items()})
-  (workdir / "evaluation.json").write_text(json.dumps(result, indent=2) + "\n")
+  runs.write_atomic(workdir / "evaluation.json", json.dumps(result, indent=2) + "\n")
   return result
 
 
@@ -109,13 +79,8 @@ def main(argv: list[str] | None = None) -> int:
                  help="latest, best (on the val split) or a step number")
   p.add_argument("--splits", default="", help="comma-separated; default: the run's eval splits")
   a = p.parse_args(argv)
-  from metricattn.cli import enable_compilation_cache
   enable_compilation_cache()
-  try:
-    result = evaluate_workdir(a.workdir, a.step, [s for s in a.splits.split(",") if s])
-  except UserError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+  result = run(evaluate_workdir, a.workdir, a.step, [s for s in a.splits.split(",") if s])
   print(json.dumps(result, indent=2))
   print(f"wrote {a.workdir / 'evaluation.json'}")
   return 0

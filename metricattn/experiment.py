@@ -16,16 +16,19 @@ directories are relative to it).
 from __future__ import annotations
 
 import argparse
-from metricattn.config_utils import load_config_file
 import json
 import os
 import shlex
 import shutil
 import sys
+import time
 from pathlib import Path
 
 from metricattn import registry
+from metricattn.config_utils import load_config_file, set_override
+from metricattn.cli import error
 from metricattn.errors import UserError
+from metricattn.runs import write_atomic
 
 REPO = Path(__file__).resolve().parents[1]
 OUTPUTS = ("report.md", "report.json", "curves.png", "violin.png", "robustness.md",
@@ -45,24 +48,9 @@ def load_config(exp: registry.Experiment, budget: str, kind: str):
   _, _, args = exp.config_arg(budget).partition(":")
   config = load_config_file(path, ",".join(a for a in (args, f"attention={kind}") if a))
   for item in exp.budget(budget).overrides:
-    set_override(config, item)
+    key, _, text = item.partition("=")
+    set_override(config, key, text)
   return config
-
-
-def set_override(config, item: str) -> None:
-  """Applies 'a.b=value' like --config.a.b=value, converting to the field's type."""
-  key, _, text = item.partition("=")
-  *parents, leaf = key.split(".")
-  node = config
-  for p in parents:
-    node = node[p]
-  old = node[leaf]
-  if isinstance(old, bool):
-    node[leaf] = text.lower() in ("1", "true")
-  elif old is None:
-    node[leaf] = float(text)
-  else:
-    node[leaf] = type(old)(text)
 
 
 def preflight(config) -> None:
@@ -103,7 +91,7 @@ def record(root: Path, exp: registry.Experiment, budget: str, sweep: list[str],
           "metric": exp.metric, "target": exp.target, "definition": definition,
           "command": command, "sweep": "python -m metricattn.sweep " + shlex.join(sweep)}
   root.mkdir(parents=True, exist_ok=True)
-  path.write_text(json.dumps(meta, indent=2) + "\n")
+  write_atomic(path, json.dumps(meta, indent=2) + "\n")
   return meta
 
 
@@ -126,6 +114,7 @@ def run(name: str, budget: str, root: Path | None, jobs: int | None,
         results: Path | None, command: str, robust: bool = True) -> int:
   from metricattn.report import write_report
   from metricattn.sweep import main as sweep_main
+  t0 = time.perf_counter()
   exp = registry.get(name)
   exp.budget(budget)
   root = root or Path("runs/experiments") / name / budget
@@ -145,6 +134,7 @@ def run(name: str, budget: str, root: Path | None, jobs: int | None,
       raise UserError(f"the robustness evaluation of {root} failed")
   write_report(root, experiment=meta)
   print(f"wrote {root / 'report.md'}")
+  print(f"experiment {name}, budget {budget}: done in {time.perf_counter() - t0:.0f} s")
   if results:
     copy_results(root, results)
     print(f"copied the report and figures to {results}")
@@ -181,8 +171,7 @@ def main(argv: list[str] | None = None) -> int:
   try:
     return run(a.name, a.budget, a.root, a.jobs, a.results, command, not a.no_robustness)
   except UserError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+    return error(str(e))
 
 
 if __name__ == "__main__":

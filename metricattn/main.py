@@ -6,11 +6,13 @@ key is an error). Bad input ends with one line on stderr and exit code 2.
 
 from __future__ import annotations
 
+import sys
+
 from absl import app, flags
 from ml_collections import config_flags
 
 from metricattn.cli import enable_compilation_cache, fail, run, set_cpu_devices
-from metricattn.errors import UserError
+from metricattn.errors import Interrupted, UserError
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (path:args).",
                                           lock_config=True)
@@ -22,6 +24,10 @@ _CPU_DEVICES = flags.DEFINE_integer(
     "cpu_devices", None, "Split the host CPU into this many devices: vmapped seeds are then "
     "split over them when they divide evenly, else each batch is. Default: leave JAX's "
     "setting (one CPU device); not used on GPU or TPU.")
+_ALLOW_CHANGE = flags.DEFINE_boolean(
+    "allow_config_change", False, "Resume a run with settings other than those it started "
+    "with; the changes are recorded in WORKDIR/config_changes.jsonl. Without it such a resume "
+    "is refused (extending train.steps, logging cadence and wandb settings are always allowed).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -35,23 +41,55 @@ def parse_flags(argv: list[str]) -> list[str]:
     fail(str(e))
   except OSError as e:
     fail(f"cannot load --config: {str(e).splitlines()[-1].strip()}")
+  except SyntaxError as e:
+    fail(f"cannot load --config: {e.msg} in {e.filename}, line {e.lineno}")
   except (flags.Error, KeyError, AttributeError, TypeError, ValueError) as e:
     text = " ".join(str(e).replace("\\n", " ").replace("\\", "").split())
     if isinstance(e, (KeyError, AttributeError)):  # their str() is a repr in quotes
       text = text[1:-1]
+      unknown_override(argv)
     fail(f"bad flag or config override: {text}")
+
+
+def unknown_override(argv: list[str]) -> None:
+  """Fails naming the first `--config.KEY` that the config lacks, with the closest keys."""
+  import difflib
+  from metricattn.config_utils import dotted_keys, load_config_file
+  path = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+  try:
+    keys = dotted_keys(load_config_file(*path.split(":", 1))) if path else []
+  except Exception:  # the config itself is broken: the caller's message says so
+    return
+  for a in argv:
+    key = a[len("--config."):].split("=", 1)[0] if a.startswith("--config.") else None
+    if keys and key and key not in keys:
+      close = difflib.get_close_matches(key, keys)
+      fail(f"unknown config key {key!r}" + (f"; did you mean: {', '.join(close)}" if close
+                                            else ""))
 
 
 def main(argv) -> None:
   del argv
   enable_compilation_cache()
-  from metricattn.train import train_and_evaluate, train_seeds
   set_cpu_devices(_CPU_DEVICES.value)
-  if _SEEDS.value:
+  try:
     from metricattn.sweep import parse_seeds
-    run(train_seeds, _CONFIG.value, parse_seeds(_SEEDS.value), _WORKDIR.value)
-  else:
-    run(train_and_evaluate, _CONFIG.value, _WORKDIR.value)
+    from metricattn.train import train_and_evaluate, train_seeds
+    if _SEEDS.value:
+      run(train_seeds, _CONFIG.value, run(parse_seeds, _SEEDS.value), _WORKDIR.value,
+          _ALLOW_CHANGE.value)
+    else:
+      run(train_and_evaluate, _CONFIG.value, _WORKDIR.value, _ALLOW_CHANGE.value)
+  except KeyboardInterrupt:
+    fail_interrupted("interrupted before a checkpoint could be written; rerun the same "
+                     "command to resume from the last one", 130)
+  except Interrupted as e:
+    fail_interrupted(str(e), e.code)
+
+
+def fail_interrupted(message: str, code: int) -> None:
+  print(message, file=sys.stderr)
+  sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ has (test accuracy, else test BLEU, ...); higher is better for all of them. Per 
   - the final metric's mean ± std (sample std over seeds; "n = 1, no spread" for one seed),
     median, min, max;
   - the metric at the best val evaluation (the evaluation chosen on the `val` split by
-    `metricattn.evaluate.best_val_step`, as `evaluate --step best` chooses; mean over seeds).
+    `metricattn.runs.best_val_step`, as `evaluate --step best` chooses; mean over seeds).
     Runs without a val split have no such column: choosing on test data would leak it;
   - steps to reach the target (the first evaluation at or above it; median over the seeds
     that reached it, and how many did) and the same in seconds of training time
@@ -37,8 +37,10 @@ import json
 import sys
 from pathlib import Path
 
-from metricattn import plots, stats
-from metricattn.evaluate import SELECTION_SPLIT, best_val_step
+from metricattn import plots, reporting, stats
+from metricattn.cli import error
+from metricattn.errors import UserError
+from metricattn.runs import SELECTION_SPLIT, best_val_step, read_json, write_atomic
 from metricattn.reporting import machine_description, markdown_table
 from metricattn.writers import read_jsonl
 
@@ -54,8 +56,11 @@ def load_runs(root: Path) -> list[dict]:
   runs = []
   for path in sorted(root.rglob("summary.json")):
     workdir = path.parent
-    summary = json.loads(path.read_text())
-    config = json.loads((workdir / "config.json").read_text())
+    summary, config = read_json(path), read_json(workdir / "config.json")
+    if summary is None or config is None:
+      print(f"warning: skipping {workdir}: its summary.json or config.json is unreadable",
+            file=sys.stderr)
+      continue
     parts = [p for p in workdir.relative_to(root).parts if not p.startswith("seed=")]
     runs.append({**summary, "group": "/".join(parts) or ".", "seed": config["seed"],
                  "workdir": str(workdir), "records": read_jsonl(workdir / "metrics.jsonl")})
@@ -77,7 +82,7 @@ def headline_metric(runs: list[dict]) -> str:
   for m in METRICS:
     if all(m in r for r in runs):
       return m
-  raise SystemExit(f"error: the runs share none of the metrics {', '.join(METRICS)}")
+  raise UserError(f"the runs share none of the metrics {', '.join(METRICS)}")
 
 
 def series(records: list[dict], split: str, key: str) -> plots.Curve:
@@ -202,10 +207,7 @@ def header_lines(root: Path, runs: list[dict], metric: str, target: float | None
 
 
 def mean_std(f: dict, digits: int) -> str:
-  """'mean ± std', or 'mean (n = 1, no spread)' below two seeds."""
-  if f["n"] < 2:
-    return f"{fmt(f['mean'], digits)} (n = 1, no spread)"
-  return f"{fmt(f['mean'], digits)} ± {fmt(f['std'], digits)}"
+  return reporting.mean_std(f["mean"], f["std"], f["n"], digits)
 
 
 def has_val(groups: dict[str, dict]) -> bool:
@@ -352,8 +354,8 @@ def write_report(root: Path, *, target: float | None = None,
   if target is None and experiment:
     target = experiment.get("target")
   text, data = render(root, runs, target=target, experiment=experiment)
-  (root / "report.md").write_text(text)
-  (root / "report.json").write_text(json.dumps(data, indent=2) + "\n")
+  write_atomic(root / "report.md", text)
+  write_atomic(root / "report.json", json.dumps(data, indent=2) + "\n")
   return text
 
 
@@ -365,9 +367,8 @@ def main(argv: list[str] | None = None) -> int:
   a = p.parse_args(argv)
   try:
     text = write_report(a.root, target=a.target)
-  except FileNotFoundError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+  except (FileNotFoundError, UserError) as e:
+    return error(str(e))
   print(text)
   print(f"wrote {a.root / 'report.md'}")
   return 0

@@ -16,6 +16,12 @@ def markdown_table(header: list[str], rows: list[list]) -> list[str]:
           + ["| " + " | ".join(str(c) for c in r) + " |" for r in rows])
 
 
+def mean_std(mean: float | None, std: float | None, n: int, digits: int = 4) -> str:
+  """'mean ± std', or 'mean (n = 1, no spread)' below two values: one seed has no spread."""
+  fmt = lambda x: "n/a" if x is None else f"{x:.{digits}f}"
+  return f"{fmt(mean)} (n = 1, no spread)" if n < 2 else f"{fmt(mean)} ± {fmt(std)}"
+
+
 def machine_description() -> str:
   """E.g. '2-core x86_64 CPU (Intel(R) Xeon(R) ...), Linux, Python 3.11, JAX 0.10.2'."""
   model = ""

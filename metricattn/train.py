@@ -1,7 +1,9 @@
 """The one trainer: `train_and_evaluate(config, workdir) -> summary dict`.
 
 Read top to bottom: config checks, devices, the jitted step, evaluation, the run (data,
-model, optimizer, checkpoint restore, the loop: log, evaluate, checkpoint; the summary).
+model, optimizer, checkpoint restore, the loop: feed, step, log, evaluate, checkpoint; the
+summary). The step's data (device-resident arrays and index blocks, or host batches) comes
+from `metricattn.feeder`.
 
 `train_seeds(config, seeds, root)` runs the same loop for several seeds of one config in a
 single compiled program: the step is vmapped over a leading seed axis. Each seed gets the
@@ -20,20 +22,24 @@ from __future__ import annotations
 
 import copy
 import json
+import signal
+import sys
+import threading
 import time
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from metricattn.checkpoint import Checkpointer, num_params
+from metricattn import runs as runs_lib
+from metricattn.checkpoint import Checkpointer
 from metricattn.data import get_dataset
-from metricattn.errors import UserError
-from metricattn.models import build_model
+from metricattn.errors import Interrupted, UserError
+from metricattn.feeder import Feeder, shard_batch, stack_trees
+from metricattn.models import build_model, num_params
 from metricattn.optim import Plateau, make_optimizer
 from metricattn.tasks import get_task
 from metricattn.writers import MetricWriter, read_jsonl
@@ -43,10 +49,35 @@ class TrainingDiverged(UserError):
   """Loss or gradient became NaN/inf."""
 
 
+class Signals:
+  """While active (main thread only): SIGINT and SIGTERM ask the loop to stop after the
+  current step; a second SIGINT stops at once (KeyboardInterrupt)."""
+
+  def __init__(self):
+    self.received = None
+    self.old = {}
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      self.old = {s: signal.signal(s, self.handle) for s in (signal.SIGINT, signal.SIGTERM)}
+    return self
+
+  def handle(self, signum, frame):
+    if self.received is not None and signum == signal.SIGINT:
+      raise KeyboardInterrupt
+    self.received = signum
+
+  def __exit__(self, *exc):
+    for s, handler in self.old.items():
+      signal.signal(s, handler)
+
+
 # ---------------------------------------------------------------- config checks
 
 def check_config(config, split_batch: bool = True) -> None:
   t = config.train
+  if config.data.batch_size < 1:
+    raise UserError(f"data.batch_size must be a positive integer; got {config.data.batch_size}")
   for key in ("steps", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints"):
     if t[key] <= 0:
       raise UserError(f"train.{key} must be a positive integer; got {t[key]}")
@@ -78,17 +109,23 @@ def seeds_split_over_devices(num_seeds: int) -> bool:
   return jax.device_count() > 1 and num_seeds % jax.device_count() == 0
 
 
-def shard_batch(batch: dict, sharding: NamedSharding) -> dict:
-  return {k: jax.device_put(np.asarray(v), sharding) for k, v in batch.items()}
-
-
 # ---------------------------------------------------------------- the step
+
+# Parameter initialisation draws fold_in(key(seed), n) for its n-th draw (nnx.Rngs); dropout
+# gets a stream of its own, the last fold_in index, which no initialisation reaches.
+DROPOUT_STREAM = 2**32 - 1
+
+
+def dropout_key(seed: int) -> jax.Array:
+  """The base key of a run's dropout; step t uses fold_in(dropout_key(seed), t)."""
+  return jax.random.fold_in(jax.random.key(seed), DROPOUT_STREAM)
+
 
 def make_train_step(graphdef, task, tx):
   """Pure step: (params, opt_state, batch, step, key, lr_scale) -> (params, opt_state, metrics).
 
-  `key` is the run's base key (dropout uses fold_in(key, step)); `lr_scale` multiplies the
-  update (ReduceLROnPlateau). A step whose loss or gradient is not finite leaves the state
+  `key` is the run's dropout key (`dropout_key`; step t uses fold_in(key, t)); `lr_scale`
+  multiplies the update (ReduceLROnPlateau). A step whose loss or gradient is not finite leaves the state
   unchanged and reports `finite = 0`, so the trainer can stop with the last good state.
   """
 
@@ -110,40 +147,6 @@ def make_train_step(graphdef, task, tx):
                                "finite": finite.astype(jnp.float32)}
 
   return step_fn
-
-
-INDEX_BLOCK = 64  # steps whose batch indices go to the device in one transfer
-
-
-def gathering(step_fn):
-  """The step fed with the device-resident training arrays and a block of batch indices
-  [INDEX_BLOCK, batch] that holds its own at row step % INDEX_BLOCK."""
-
-  def fn(params, opt_state, arrays, idx_block, step, key, lr_scale):
-    idx = idx_block[step % INDEX_BLOCK]
-    return step_fn(params, opt_state, {k: v[idx] for k, v in arrays.items()}, step, key,
-                   lr_scale)
-
-  return fn
-
-
-RESIDENT_MAX_BYTES = 1 << 30
-
-
-def resident_arrays(datas) -> tuple[dict | None, bool]:
-  """(arrays, per_seed): the training arrays to keep on the device, or None (a dataset makes
-  its batches otherwise, e.g. with augmentation or tokens, or they exceed 1 GiB). They are
-  shared by all runs when equal (the same images for every seed), else stacked per run."""
-  arrays = [d.resident_arrays() if hasattr(d, "resident_arrays") else None for d in datas]
-  if any(a is None for a in arrays):
-    return None, False
-  first = arrays[0]
-  shared = all(a.keys() == first.keys() and all(np.array_equal(a[k], first[k]) for k in a)
-               for a in arrays[1:])
-  copies = 1 if shared else len(arrays)
-  if copies * sum(v.nbytes for v in first.values()) > RESIDENT_MAX_BYTES:
-    return None, False
-  return (first if shared else stack_trees(arrays)), not shared
 
 
 # ---------------------------------------------------------------- evaluation
@@ -177,10 +180,6 @@ def evaluate_stack(eval_step, params, datas, task, graphdef, split, sharding,
   return results
 
 
-def stack_trees(trees):
-  return jax.tree.map(lambda *xs: np.stack(xs), *trees)
-
-
 # ---------------------------------------------------------------- the run
 
 class Run:
@@ -212,21 +211,71 @@ class Run:
       target = self.last_train if r["split"] == "train" else self.last_eval.setdefault(r["split"], {})
       target.update({k: v for k, v in r.items() if k not in ("step", "split")})
 
+  def finish(self, summary: dict) -> None:
+    """Writes summary.json, logs the final metrics and closes the writer."""
+    runs_lib.write_atomic(self.workdir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    self.writer.info(f"done {self.workdir}: "
+                     f"{json.dumps({k: v for k, v in summary.items() if '/' in k})}")
+    self.writer.close()
+
+
+def add_metrics(runs: list[Run], host: list[dict], step: int, stacked: bool, ckpt) -> None:
+  """Adds the host copies of the metrics of the steps up to `step` to each run's window;
+  stops on a step whose loss or gradient is NaN/inf."""
+  for i, m in enumerate(host):
+    for r, run in enumerate(runs):
+      mr = {k: v[r] for k, v in m.items()} if stacked else m
+      if mr["finite"] < 1:
+        bad, last = step - len(host) + i + 1, ckpt.latest_step()
+        raise TrainingDiverged(
+            f"training stopped: loss or gradient is NaN/inf at step {bad} (seed "
+            f"{run.config.seed}, loss {mr['loss']}); the last good checkpoint "
+            f"({'step ' + str(last) if last else 'none yet'}) is kept in "
+            f"{ckpt.directory}; lower optimizer.lr or set optimizer.grad_clip")
+      run.add(mr)
+
+
+def summarize(run: Run, meta: dict, n_params: int, seeds_in_program: int,
+              compile_seconds: float, wall_seconds: float) -> dict:
+  """The summary.json of a run: its last metrics, the program's shape and its timings."""
+  if not run.last_train:  # the run was already finished: report what its log says
+    run.recover_logged()
+  summary = {f"train/{k}": v for k, v in run.last_train.items()}
+  for split, m in run.last_eval.items():
+    summary.update({f"{split}/{k}": v for k, v in m.items()})
+  summary.update(
+      step=int(run.config.train.steps), attention=run.config.model.attention,
+      num_params=n_params,
+      steps_per_second=(meta["timed_steps"] / meta["train_seconds"]
+                        if meta["train_seconds"] else None),
+      seeds_in_program=seeds_in_program, compile_seconds=compile_seconds,
+      wall_seconds=wall_seconds,
+      # Host time spent making batches, as a share of training time (an upper bound on
+      # the time the device waited: batches are made while the previous step runs).
+      data_wait_fraction=(meta["data_seconds"] / meta["train_seconds"]
+                          if meta["train_seconds"] else None),
+      devices=jax.device_count(), platform=jax.devices()[0].platform)
+  return summary
+
 
 def prepare_workdir(config, workdir: Path):
-  """Creates the workdir and writes config.json; a run-local tokenizer lives there."""
-  workdir.mkdir(parents=True, exist_ok=True)
+  """Creates the workdir (one-line errors when it cannot be); a run-local tokenizer lives
+  there. config.json is written only once the resume checks have passed."""
+  runs_lib.make_workdir(workdir)
   if "tokenizer_dir" in config.data and not config.data.tokenizer_dir:
     config.data.tokenizer_dir = str(workdir)
-  (workdir / "config.json").write_text(config.to_json(indent=2) + "\n")
 
 
-def train_and_evaluate(config, workdir: str | Path) -> dict:
-  """Trains one run in `workdir` (resuming from its checkpoint) and returns its summary."""
-  return _train([config], [Path(workdir)], Path(workdir), stacked=False)[0]
+def train_and_evaluate(config, workdir: str | Path, allow_config_change: bool = False) -> dict:
+  """Trains one run in `workdir` (resuming from its checkpoint) and returns its summary.
+
+  Resuming with changed settings is refused (see `runs.check_resume`) unless
+  `allow_config_change`."""
+  return _train([config], [Path(workdir)], Path(workdir), False, allow_config_change)[0]
 
 
-def train_seeds(config, seeds: list[int], root: str | Path) -> list[dict]:
+def train_seeds(config, seeds: list[int], root: str | Path,
+                allow_config_change: bool = False) -> list[dict]:
   """Trains `seeds` of `config` vmapped in one program; workdirs ROOT/seed=N."""
   configs = []
   for s in seeds:
@@ -234,24 +283,34 @@ def train_seeds(config, seeds: list[int], root: str | Path) -> list[dict]:
     c.seed = s
     configs.append(c)
   root = Path(root)
-  return _train(configs, [root / f"seed={s}" for s in seeds], root, stacked=True)
+  return _train(configs, [root / f"seed={s}" for s in seeds], root, True, allow_config_change)
 
 
-def _train(configs, workdirs: list[Path], ckpt_dir: Path, stacked: bool) -> list[dict]:
+def _train(configs, workdirs: list[Path], ckpt_dir: Path, stacked: bool,
+           allow_config_change: bool) -> list[dict]:
+  """Checks, then trains while holding the workdir lock (one process per workdir)."""
+  check_config(configs[0], split_batch=not (stacked and seeds_split_over_devices(len(configs))))
+  runs_lib.make_workdir(ckpt_dir)
+  lock = runs_lib.Lock(ckpt_dir)
+  try:
+    with Signals() as signals:
+      return _train_locked(configs, workdirs, ckpt_dir, stacked, allow_config_change, signals)
+  finally:
+    lock.release()
+
+
+def _train_locked(configs, workdirs: list[Path], ckpt_dir: Path, stacked: bool,
+                  allow_config_change: bool, signals: Signals) -> list[dict]:
   wall_start = time.perf_counter()
   config = configs[0]  # everything but the seed is shared
   by_seed = stacked and seeds_split_over_devices(len(configs))
-  check_config(config, split_batch=not by_seed)
   for c, w in zip(configs, workdirs):
     prepare_workdir(c, w)
   total = int(config.train.steps)
 
   mesh = make_mesh()
-  replicated = NamedSharding(mesh, P())
-  # State: replicated, or split along the seed axis. Batches: split along the batch axis,
-  # or along the seed axis. Evaluation batches: like the state.
-  state_sharding = NamedSharding(mesh, P("data")) if by_seed else replicated
-  data_sharding = NamedSharding(mesh, P(None, "data") if stacked and not by_seed else P("data"))
+  # State and evaluation batches: replicated, or split along the seed axis.
+  state_sharding = NamedSharding(mesh, P("data") if by_seed else P())
 
   built = [build(c) for c in configs]
   datas = [b[0] for b in built]
@@ -261,23 +320,29 @@ def _train(configs, workdirs: list[Path], ckpt_dir: Path, stacked: bool) -> list
   params = jax.device_put(params, state_sharding)
   opt_state = jax.device_put((jax.vmap(tx.init) if stacked else tx.init)(params),
                              state_sharding)
-  keys = [jax.random.key(c.seed) for c in configs]
+  keys = [dropout_key(c.seed) for c in configs]
   key = jax.device_put(jnp.stack(keys), state_sharding) if stacked else keys[0]
   plateau = Plateau(config)
   if stacked and plateau.enabled:
     raise UserError("optimizer.plateau is not supported with vmapped seeds; run seeds "
                     "separately")
 
-  # Restore the latest checkpoint, if any.
+  # Restore the newest readable checkpoint, if any, after checking the settings it was
+  # written with; only then does config.json describe this run.
   ckpt = Checkpointer(ckpt_dir, config.train.keep_checkpoints)
   meta = {"step": 0, "train_seconds": 0.0, "timed_steps": 0, "wall_seconds": 0.0,
           "data_seconds": 0.0, "runs": [{} for _ in configs], "plateau": plateau.state}
-  start = ckpt.latest_step() or 0
+  if ckpt.latest_step():
+    for c, w in zip(configs, workdirs):
+      runs_lib.check_resume(w, c, ckpt.latest_step(), allow_config_change)
+  start, state, restored = ckpt.restore_latest({"params": params, "opt_state": opt_state},
+                                               say=lambda line: print(line, file=sys.stderr))
   if start:
-    state, restored = ckpt.restore(start, {"params": params, "opt_state": opt_state})
     params, opt_state = state["params"], state["opt_state"]
     meta.update(restored)
     plateau.state = meta["plateau"]
+  for c, w in zip(configs, workdirs):
+    runs_lib.write_atomic(w / "config.json", c.to_json(indent=2) + "\n")
   runs = [Run(c, w, d, m, total, start, progress=i == 0)
           for i, (c, w, d, m) in enumerate(zip(configs, workdirs, datas, meta["runs"]))]
   n_params = num_params(params) // (len(configs) if stacked else 1)
@@ -287,72 +352,24 @@ def _train(configs, workdirs: list[Path], ckpt_dir: Path, stacked: bool) -> list
       f"device(s){' (seeds split over them)' if by_seed else ''}, "
       f"{'resuming at step ' + str(start) if start else 'starting'}")
 
-  step_fn = make_train_step(graphdef, task, tx)
-  arrays, per_seed = resident_arrays(datas)
-  if arrays is not None:
-    arrays = jax.device_put(arrays, state_sharding if per_seed else replicated)
-    step_fn = gathering(step_fn)
-    if stacked:
-      step_fn = jax.vmap(step_fn, in_axes=(0, 0, 0 if per_seed else None, 0, None, 0, None))
-  elif stacked:
-    step_fn = jax.vmap(step_fn, in_axes=(0, 0, 0, None, 0, None))
-  jitted = jax.jit(step_fn, donate_argnums=(0, 1))
+  feed = Feeder(datas, mesh, state_sharding, stacked, by_seed)
+  jitted = jax.jit(feed.step_fn(make_train_step(graphdef, task, tx)), donate_argnums=(0, 1))
   eval_step = make_eval_step(graphdef, task, stacked)
-
-  # Index blocks: [(seeds,) INDEX_BLOCK, batch], split like the batches they select.
-  index_sharding = NamedSharding(mesh, P("data") if by_seed else
-                                 P(*[None] * (2 if stacked else 1), "data"))
-  block = {"first": None, "idx": None}
-
-  def train_batch(step: int) -> tuple:
-    """The step's data arguments: (batch,), or (arrays, index block) with resident arrays."""
-    if arrays is not None:
-      first = step - step % INDEX_BLOCK
-      if block["first"] != first:
-        idx = [np.stack([d.train_indices(s) for s in range(first, first + INDEX_BLOCK)])
-               for d in datas]
-        block.update(first=first, idx=jax.device_put(np.stack(idx) if stacked else idx[0],
-                                                     index_sharding))
-      return arrays, block["idx"]
-    batches = [d.train_batch(step) for d in datas]
-    return (shard_batch(stack_trees(batches) if stacked else batches[0], data_sharding),)
 
   # Compile ahead of time so that compile time is measured apart from step time.
   t = time.perf_counter()
   if start < total:
-    batch = train_batch(start)
+    batch = feed(start)
     train_step = jitted.lower(params, opt_state, *batch, jnp.int32(start), key,
                               jnp.float32(1.0)).compile()
   compile_seconds = time.perf_counter() - t
 
   pending: list[dict] = []  # device metrics since the last host sync
-  mark = time.perf_counter()
-  timed_from = start
-
-  def sync(step: int) -> None:
-    """Pulls pending metrics to the host; stops on NaN/inf; accounts step time."""
-    nonlocal pending, timed_from
-    host = jax.device_get(pending)
-    for i, m in enumerate(host):
-      for r, run in enumerate(runs):
-        mr = {k: v[r] for k, v in m.items()} if stacked else m
-        if mr["finite"] < 1:
-          bad, last = step - len(host) + i + 1, ckpt.latest_step()
-          raise TrainingDiverged(
-              f"training stopped: loss or gradient is NaN/inf at step {bad} (seed "
-              f"{run.config.seed}, loss {mr['loss']}); the last good checkpoint "
-              f"({'step ' + str(last) if last else 'none yet'}) is kept in "
-              f"{ckpt.directory}; lower optimizer.lr or set optimizer.grad_clip")
-        run.add(mr)
-    pending = []
-    meta["train_seconds"] += time.perf_counter() - mark
-    meta["timed_steps"] += step - timed_from
-    timed_from = step
-
+  mark, timed_from = time.perf_counter(), start
   for step in range(start, total):
     if step > start:
       t = time.perf_counter()
-      batch = train_batch(step)
+      batch = feed(step)
       meta["data_seconds"] += time.perf_counter() - t
     params, opt_state, metrics = train_step(params, opt_state, *batch, jnp.int32(step), key,
                                             jnp.float32(plateau.scale))
@@ -362,10 +379,16 @@ def _train(configs, workdirs: list[Path], ckpt_dir: Path, stacked: bool) -> list
     is_log = done % config.train.log_every == 0 or done == total
     is_eval = done % config.train.eval_every == 0 or done == total
     is_ckpt = done % config.train.checkpoint_every == 0 or done == total
-    if not (is_log or is_eval or is_ckpt):
+    stopping = signals.received is not None and done < total
+    if not (is_log or is_eval or is_ckpt or stopping):
       continue
+    # Sync: pull the pending metrics to the host and account the step time.
     jax.block_until_ready(params)
-    sync(done)
+    add_metrics(runs, jax.device_get(pending), done, stacked, ckpt)
+    pending = []
+    meta["train_seconds"] += time.perf_counter() - mark
+    meta["timed_steps"] += done - timed_from
+    timed_from = done
     if is_log:
       for run in runs:
         run.log_train(done)
@@ -377,37 +400,26 @@ def _train(configs, workdirs: list[Path], ckpt_dir: Path, stacked: bool) -> list
           run.last_eval[split] = metrics
           run.writer.write(done, split, metrics)
       plateau.update(done, [run.last_eval for run in runs])
-    if is_ckpt:
+    if is_ckpt or stopping:
       meta.update(step=done, plateau=plateau.state,
                   runs=[{"window": r.window, "window_steps": r.window_steps} for r in runs],
                   wall_seconds=meta["wall_seconds"] + time.perf_counter() - wall_start)
       wall_start = time.perf_counter()
       ckpt.save(done, {"params": params, "opt_state": opt_state}, meta)
+    if stopping:
+      ckpt.close()
+      for run in runs:
+        run.writer.close()
+      name = signal.Signals(signals.received).name
+      raise Interrupted(f"{name}: stopped at step {done} of {total} with a checkpoint in "
+                        f"{ckpt.directory}; rerun the same command to resume",
+                        128 + signals.received)
     mark = time.perf_counter()
   ckpt.close()
 
-  # The summary of each run.
   summaries = []
   for run in runs:
-    if not run.last_train:  # the run was already finished: report what its log says
-      run.recover_logged()
-    summary = {f"train/{k}": v for k, v in run.last_train.items()}
-    for split, m in run.last_eval.items():
-      summary.update({f"{split}/{k}": v for k, v in m.items()})
-    summary.update(
-        step=total, attention=config.model.attention, num_params=n_params,
-        steps_per_second=(meta["timed_steps"] / meta["train_seconds"]
-                          if meta["train_seconds"] else None),
-        seeds_in_program=len(runs), compile_seconds=compile_seconds,
-        wall_seconds=meta["wall_seconds"] + time.perf_counter() - wall_start,
-        # Host time spent making batches, as a share of training time (an upper bound on
-        # the time the device waited: batches are made while the previous step runs).
-        data_wait_fraction=(meta["data_seconds"] / meta["train_seconds"]
-                            if meta["train_seconds"] else None),
-        devices=jax.device_count(), platform=jax.devices()[0].platform)
-    (run.workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    run.writer.info(f"done {run.workdir}: "
-                    f"{json.dumps({k: v for k, v in summary.items() if '/' in k})}")
-    run.writer.close()
-    summaries.append(summary)
+    summaries.append(summarize(run, meta, n_params, len(runs), compile_seconds,
+                               meta["wall_seconds"] + time.perf_counter() - wall_start))
+    run.finish(summaries[-1])
   return summaries

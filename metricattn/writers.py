@@ -4,7 +4,9 @@ plain lines otherwise) and wandb when `config.wandb.mode` is online or offline."
 from __future__ import annotations
 
 import json
+import os
 import sys
+import time
 from pathlib import Path
 
 WANDB_MODES = ("disabled", "offline", "online")
@@ -17,12 +19,44 @@ def read_jsonl(path: str | Path) -> list[dict]:
   return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def reachable_wandb_mode(workdir: Path, say, timeout: float = 3.0) -> str:
+  """'online' when an API key is set and the wandb server answers within `timeout` seconds;
+  otherwise 'offline', said in one line (the run is synced later with `wandb sync`)."""
+  import netrc
+  import socket
+  from concurrent.futures import ThreadPoolExecutor, TimeoutError as FutureTimeout
+  from urllib.parse import urlparse
+  url = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai"))
+  host, port = url.hostname, url.port or (443 if url.scheme == "https" else 80)
+  try:
+    key = os.environ.get("WANDB_API_KEY") or netrc.netrc().authenticators(host)
+  except (OSError, netrc.NetrcParseError):
+    key = None
+  why = None if key else "no wandb API key (WANDB_API_KEY or `wandb login`)"
+  if why is None:
+    # In a thread, so that a hanging DNS lookup (not covered by the socket timeout) cannot
+    # block training either.
+    pool = ThreadPoolExecutor(1)
+    try:
+      pool.submit(lambda: socket.create_connection((host, port), timeout).close()).result(
+          timeout)
+    except (OSError, FutureTimeout):
+      why = f"{host}:{port} did not answer within {timeout:g} s"
+    pool.shutdown(wait=False)
+  if why is None:
+    return "online"
+  say(f"wandb: {why}; logging offline to {workdir / 'wandb'} instead; upload it later with "
+      f"`wandb sync {workdir / 'wandb'}/offline-run-*`")
+  return "offline"
+
+
 class MetricWriter:
   """Writes `{"step", "split", metric...}` records; `resume_step` drops records after it."""
 
   def __init__(self, workdir: Path, config, total_steps: int, resume_step: int,
                progress: bool = True):
     self.path = workdir / "metrics.jsonl"
+    self.total, self.start, self.t0 = total_steps, resume_step, time.perf_counter()
     kept = [r for r in read_jsonl(self.path) if r["step"] <= resume_step]
     self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
     self.bar = None
@@ -34,11 +68,12 @@ class MetricWriter:
     if mode not in WANDB_MODES:
       from metricattn.errors import UserError
       raise UserError(f"unknown wandb.mode {mode!r}; allowed: {', '.join(WANDB_MODES)}")
+    if mode == "online":
+      mode = reachable_wandb_mode(workdir, self.info)
     if mode != "disabled":
       import wandb  # lazily: heavy, and not needed unless asked for
       self.wandb = wandb.init(project=config.wandb.project, name=workdir.name, mode=mode,
-                              dir=str(workdir), config=config.to_dict(), resume="allow",
-                              id=config.wandb.get("run_id") or None)
+                              dir=str(workdir), config=config.to_dict(), resume="allow")
 
   def write(self, step: int, split: str, metrics: dict) -> None:
     record = {"step": step, "split": split, **{k: float(v) for k, v in metrics.items()}}
@@ -47,7 +82,16 @@ class MetricWriter:
     if self.wandb is not None:
       self.wandb.log({f"{split}/{k}": v for k, v in metrics.items()}, step=step)
     text = " ".join(f"{k}={v:.4g}" for k, v in metrics.items())
-    self.info(f"step {step} {split}: {text}")
+    self.info(f"step {step} {split}: {text}{self.pace(step) if split == 'train' else ''}")
+
+  def pace(self, step: int) -> str:
+    """' (12.3 steps/s, 45 s left)': the speed since this process started (compilation
+    included), and the time left at that speed."""
+    seconds = time.perf_counter() - self.t0
+    if step <= self.start or seconds <= 0:
+      return ""
+    rate = (step - self.start) / seconds
+    return f" ({rate:.1f} steps/s, {(self.total - step) / rate:.0f} s left)"
 
   def advance(self, steps: int) -> None:
     if self.bar is not None:

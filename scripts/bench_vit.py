@@ -25,8 +25,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from bench_attention import time_interleaved
 from metricattn.data import get_dataset
-from metricattn.models import build_model
-from metricattn.models.vit import count_params
+from metricattn.models import build_model, num_params
 from metricattn.optim import make_optimizer
 from metricattn.tasks import get_task
 from metricattn.train import make_mesh, make_train_step, shard_batch
@@ -52,7 +51,7 @@ def step_for(config, data) -> tuple:
   batch = {k: jnp.asarray(v) for k, v in data.train_batch(0).items()}
   args = (params, tx.init(params), batch, jnp.int32(0), jax.random.key(config.seed),
           jnp.float32(1.0))
-  return fn, args, count_params(model)
+  return fn, args, num_params(model)
 
 
 def batch_seconds(data, reps: int) -> float:

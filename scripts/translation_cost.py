@@ -29,8 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from metricattn.checkpoint import num_params
-from metricattn.models import build_model
+from metricattn.models import build_model, num_params
 from metricattn.optim import make_optimizer
 from metricattn.tasks import get_task
 from metricattn.train import make_train_step

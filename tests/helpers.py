@@ -4,20 +4,17 @@ import subprocess
 import sys
 from pathlib import Path
 
-from metricattn.config_utils import load_config_file
+from metricattn.config_utils import load_config_file, load_module, set_override
 
 ROOT = Path(__file__).resolve().parents[1]
+COMMON = load_module(ROOT / "configs/common.py")  # what the config files share
 
 
 def load_config(path: str, arg: str | None = None, **overrides):
   """Config from a configs/ file with dotted-key overrides, e.g. train__steps=5."""
   config = load_config_file(ROOT / path, arg)
   for key, value in overrides.items():
-    node = config
-    *parents, leaf = key.split("__")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
+    set_override(config, key.replace("__", "."), value)
   return config
 
 

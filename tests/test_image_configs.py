@@ -156,7 +156,8 @@ README_PARAMS = {("Mu/7", (28, 28, 1)): {"softmax": 204_938, "l2": 188_298, "met
 @pytest.mark.parametrize("variant,shape", list(README_PARAMS))
 def test_readme_parameter_counts(variant, shape):
   from flax import nnx
-  from metricattn.models.vit import ViT, count_params
+  from metricattn.models import num_params
+  from metricattn.models.vit import ViT
   build = lambda kind: ViT(shape, 10, variant=variant, kind=kind, pool="mean", rngs=nnx.Rngs(0))
-  counts = {k: count_params(nnx.eval_shape(lambda k=k: build(k))) for k in KINDS}
+  counts = {k: num_params(nnx.eval_shape(lambda k=k: build(k))) for k in KINDS}
   assert counts == README_PARAMS[variant, shape]

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from metricattn import robustness
+from metricattn import attacks, robustness
 from metricattn.errors import UserError
 from metricattn.train import train_and_evaluate, train_seeds
 from tests.helpers import load_config, tiny_moons
@@ -56,7 +56,7 @@ def test_image_run_in_pixel_units(tmp_path):
   r = robustness.evaluate_run(tmp_path / "digits", settings)
   assert r["clean_accuracy"] == pytest.approx(summary["test/accuracy"])
   assert "pixel units" in r["units"] and r["examples"] == 360
-  space = robustness.input_space(config)
+  space = attacks.input_space(config)
   assert space.lo[0] == pytest.approx(-0.3053 / 0.3760)   # pixel 0 after normalisation
 
 

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
+from metricattn import experiment
+from metricattn.errors import UserError
+from metricattn.theory import report
 from metricattn.theory import trained as tr
-from tests.helpers import tiny_moons
 
 
 def test_asymmetry_ignores_row_and_column_offsets():
@@ -23,18 +27,23 @@ def test_asymmetry_ignores_row_and_column_offsets():
 
 
 @pytest.fixture(scope="module")
-def tiny_runs(tmp_path_factory):
-  """{kind: [init, trained] analyses} of an IPN per kind trained for 10 steps."""
-  root = tmp_path_factory.mktemp("trained")
-  out = {}
-  for kind in tr.KINDS:
-    config = tiny_moons(model__attention=kind, train__steps=10, train__log_every=10,
-                        train__eval_every=10, train__checkpoint_every=10)
-    summary, new = tr.train_run(config, root / kind)
-    assert new and summary["step"] == 10
-    assert not tr.train_run(config, root / kind)[1]               # finished: reused
-    out[kind] = tr.analyse_workdir(root / kind)
-  return out
+def tiny_root(tmp_path_factory):
+  """A root with the moons experiment's `test` budget (2 seeds vmapped per kind, 20 steps),
+  trained through the experiment runner; a second call reuses it without the runner."""
+  root = tmp_path_factory.mktemp("trained") / "moons"
+  runs, _, new = tr.ensure_runs(root, "test")
+  assert new == len(runs) == 6 and all((w / "summary.json").exists() for w in runs.values())
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setattr(experiment, "run", lambda *a, **k: pytest.fail("finished runs retrained"))
+    assert tr.ensure_runs(root, "test")[0] == runs
+  return root
+
+
+@pytest.fixture(scope="module")
+def tiny_runs(tiny_root):
+  """{kind: [init, trained] analyses} of seed 1 (the second slice of the stacked checkpoint)."""
+  return {k: tr.analyse_workdir(w) for (k, s), w in tr.workdirs(tiny_root, "test").items()
+          if s == 1}
 
 
 def test_metric_kinds_are_symmetric_and_softmax_is_not(tiny_runs):
@@ -56,3 +65,20 @@ def test_analysed_matrix_reproduces_the_blocks(tiny_runs):
       assert layer.prop_err < 1e-5
       assert layer.near_one >= 1 and 0.5 <= layer.split <= 1.0
       assert 1 <= layer.clusters <= 200 and layer.rank <= 3
+
+
+def test_report_of_the_experiment_runs(tiny_root, tmp_path):
+  tr.main(["--runs", str(tiny_root), "--budget", "test", "--out", str(tmp_path)])
+  text = (tmp_path / "report.md").read_text()
+  assert "budget `test`" in text and "0 runs trained here" in text
+  assert "| kind | layer | asym, init |" in text
+  assert json.loads((tmp_path / "results.json").read_text())["seeds"] == [0, 1]
+  assert (tmp_path / "trained.png").exists() and (tmp_path / "trained_attention.png").exists()
+  with pytest.raises(UserError, match="another definition"):
+    tr.ensure_runs(tiny_root, "quick")
+
+
+def test_theory_help_shows_the_trained_subcommand(capsys):
+  with pytest.raises(SystemExit):
+    report.parse_args(["--help"])
+  assert "trained [-h] [--runs ROOT]" in capsys.readouterr().out

@@ -1,6 +1,6 @@
 """The encoder-decoder Transformer: shapes per kind, causal and padding masks, dropout,
-cached == uncached decoding, beam size 1 == greedy, classifier mode, the Translation task,
-and a short training run on the synthetic task."""
+cached == uncached decoding, beam size 1 == greedy, the Translation task, and a short
+training run on the synthetic task."""
 
 import functools
 
@@ -16,8 +16,9 @@ from metricattn.data import get_dataset
 from metricattn.errors import UserError
 from metricattn.models import build_model, decoding
 from metricattn.models.decoding import decode, decode_model
-from metricattn.models.transformer import EncoderClassifier, Hyper, Transformer
+from metricattn.models.transformer import Transformer
 from metricattn.tasks import Translation, get_task, token_losses
+from tests.helpers import COMMON
 
 from metricattn.attention import KINDS
 BOS, EOS = 2, 3
@@ -34,10 +35,10 @@ def fast_compile():
   jax.config.update("jax_disable_most_optimizations", before)
 
 
-def tiny(kind: str, **kw) -> Hyper:
-  base = dict(attention=kind, num_layers=1, num_heads=4, d_model=32, qk_dim=32, d_mlp=16,
-              d_ff=64, dropout=0.1, max_len=16, ln_eps=1e-6)
-  return Hyper(**{**base, **kw})
+def tiny(kind: str, **kw) -> ml_collections.ConfigDict:
+  base = dict(num_layers=1, num_heads=4, d_model=32, qk_dim=32, d_mlp=16, d_ff=64,
+              dropout=0.1, max_len=16, ln_eps=1e-6)
+  return ml_collections.ConfigDict(COMMON.transformer(kind, **{**base, **kw}))
 
 
 def varied(model: Transformer) -> Transformer:
@@ -103,7 +104,7 @@ def test_pre_ln_shared_and_tied_embeddings():
   with pytest.raises(UserError, match="one vocabulary"):
     Transformer(SRC_VOCAB, TGT_VOCAB, h, rngs=nnx.Rngs(0))
   with pytest.raises(UserError, match="model.norm"):
-    tiny("l2", norm="sandwich")
+    Transformer(SRC_VOCAB, SRC_VOCAB, tiny("l2", norm="sandwich"), rngs=nnx.Rngs(0))
 
 
 def test_dropout_is_a_function_of_the_key():
@@ -204,27 +205,16 @@ def test_decode_checks_lengths():
     decode(model, source(), bos_id=BOS, eos_id=EOS, max_len=8, beam_size=0)
 
 
-# ---------------------------------------------------------------- classifier mode
-
-@pytest.mark.parametrize("pool", ["mean", "cls"])
-def test_encoder_classifier(pool):
-  model = EncoderClassifier(SRC_VOCAB, 5, tiny("metric"), pool=pool, rngs=nnx.Rngs(0))
-  graphdef, params = nnx.split(model)
-  fn = jax.jit(lambda p, x: nnx.merge(graphdef, p)(x, train=False, rngs=None))
-  x = source()
-  logits = fn(params, x)
-  assert logits.shape == (4, 5)
-  np.testing.assert_allclose(logits, fn(params, jnp.pad(x, ((0, 0), (0, 2)))), atol=1e-5)
-
+# ---------------------------------------------------------------- build_model
 
 def test_build_model_registry():
-  c = ml_collections.ConfigDict(dict(name="transformer_encoder", pool="cls", **vars(tiny("l2"))))
-  config = ml_collections.ConfigDict({"model": c})
+  config = ml_collections.ConfigDict({"model": tiny("l2")})
   build = lambda info: nnx.eval_shape(lambda: build_model(config, info, nnx.Rngs(0)))
-  model = build({"vocab_size": 10, "num_classes": 3})
-  assert isinstance(model, EncoderClassifier) and model.cls_id == 10
-  c.name = "transformer"
   assert isinstance(build({"src_vocab_size": 10, "tgt_vocab_size": 12}), Transformer)
+  config.model.name = "transformer_encoder"
+  with pytest.raises(UserError, match="unknown model 'transformer_encoder'; allowed: ipn, vit, "
+                     "transformer"):
+    build({"vocab_size": 10, "num_classes": 3})
 
 
 # ---------------------------------------------------------------- task and training

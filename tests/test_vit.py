@@ -9,8 +9,8 @@ from ml_collections import ConfigDict
 
 from metricattn.errors import UserError
 from metricattn.attention import KINDS
-from metricattn.models import build_model
-from metricattn.models.vit import SIZES, ViT, count_params, parse_variant
+from metricattn.models import build_model, num_params
+from metricattn.models.vit import SIZES, ViT, parse_variant
 
 DIGITS = (8, 8, 1)
 MNIST = (28, 28, 1)
@@ -31,7 +31,7 @@ def abstract_params(shape, variant, kind, **kwargs) -> int:
   """Parameter count without allocating the parameters."""
   model = nnx.eval_shape(lambda: ViT(shape, 10, variant=variant, kind=kind,
                                      rngs=nnx.Rngs(0), **kwargs))
-  return count_params(model)
+  return num_params(model)
 
 
 def model_config(**fields) -> ConfigDict:
@@ -113,7 +113,7 @@ def test_build_model_reads_the_config():
   info = {"num_classes": 10, "input_shape": DIGITS}
   model = build_model(model_config(), info, nnx.Rngs(0))
   assert isinstance(model, ViT)
-  assert count_params(model) == GOLDEN["Mu/2", DIGITS]["metric"]
+  assert num_params(model) == GOLDEN["Mu/2", DIGITS]["metric"]
   small = build_model(model_config(d_mlp=16, pool="mean", scale=1.0, dropout=0.1,
                                    attention="l2"), info, nnx.Rngs(0))
   assert small(jnp.ones((4, *DIGITS)), train=True, rngs=jax.random.key(0)).shape == (4, 10)

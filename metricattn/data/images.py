@@ -92,6 +92,12 @@ SPECS = {
 }
 NAMES = tuple(SPECS)
 
+# The data.source of each dataset when a config's `source=` is empty: Fashion-MNIST from
+# Debian's dataset-fashion-mnist (offline), MNIST and CIFAR-10 through tensorflow-datasets,
+# digits from scikit-learn.
+DEFAULT_SOURCES = {"fashion_mnist": "idx", "mnist": "tfds", "cifar10": "tfds",
+                   "digits": "digits"}
+
 Splits = dict[str, tuple[np.ndarray, np.ndarray]]
 
 
@@ -104,6 +110,13 @@ def image_spec(name: str, source: str) -> ImageSpec:
     raise UserError(f"data.source {source!r} cannot provide {name}; allowed for {name}: "
                     f"{', '.join(spec.sources)}")
   return spec
+
+
+def image_source(name: str, source: str = "") -> str:
+  """`source`, or the dataset's default source when empty; UserError for an unknown dataset."""
+  if name not in DEFAULT_SOURCES:
+    raise UserError(f"unknown image dataset {name!r}; allowed: {', '.join(DEFAULT_SOURCES)}")
+  return source or DEFAULT_SOURCES[name]
 
 
 def digits_splits() -> Splits:

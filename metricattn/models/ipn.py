@@ -10,6 +10,8 @@ layer norm, as the paper describes it. Those are config options.
 
 from __future__ import annotations
 
+import math
+
 import jax
 from flax import nnx
 
@@ -56,3 +58,11 @@ class IPN(nnx.Module):
     for block in self.blocks:
       h = block(h, mask)
     return self.head(h[0])
+
+
+def from_config(m, info: dict, rngs: nnx.Rngs) -> IPN:
+  """Builds the IPN from `config.model` and the dataset's info (input_shape, num_classes)."""
+  return IPN(math.prod(info["input_shape"]), info["num_classes"], width=m.width,
+             depth=m.depth, kind=m.attention, num_heads=m.num_heads, qk_dim=m.qk_dim,
+             d_mlp=m.d_mlp, scale=m.scale, residual=m.residual, layer_norm=m.layer_norm,
+             projections=m.projections, rngs=rngs)

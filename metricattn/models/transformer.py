@@ -1,4 +1,4 @@
-"""Encoder-decoder Transformer (and its encoder as a sequence classifier), Flax NNX.
+"""Encoder-decoder Transformer, Flax NNX.
 
 Every attention block is the project's `Attention` of the configured kind: encoder
 self-attention, causal decoder self-attention and decoder-encoder cross-attention (for l2 and
@@ -8,16 +8,13 @@ Only the score function changes between kinds, as in the paper's Multi30k experi
 Token id 0 is padding everywhere: padded source positions are never attended to. Decoder
 self-attention is causal only (right-padded targets never reach a real position's query).
 
-Models (`config.model.name`):
-  transformer          Transformer(src, tgt_in) -> logits [batch, tgt_len, tgt_vocab]
-                       (dataset info: src_vocab_size, tgt_vocab_size)
-  transformer_encoder  EncoderClassifier(x) -> logits [batch, num_classes]
-                       (dataset info: vocab_size, num_classes; batch `x` int32 [batch, len])
+`config.model.name` "transformer": Transformer(src, tgt_in) -> logits [batch, tgt_len,
+tgt_vocab] (dataset info: src_vocab_size, tgt_vocab_size). It is pure:
+`model(..., train=bool, rngs=key_or_None)`; dropout draws from the jax key `rngs` (required
+when training with dropout > 0), each dropout site a fresh fold of it.
 
-Both are pure: `model(..., train=bool, rngs=key_or_None)`; dropout draws from the jax key
-`rngs` (required when training with dropout > 0), each dropout site a fresh fold of it.
-
-config.model fields (suggested defaults: the paper's reference, see ../shared/paper.md):
+config.model fields, `h` in the code (the paper's values, from configs/common.py; see
+../shared/paper.md):
   attention         "softmax" | "l2" | "metric"                          "metric"
   num_layers        encoder layers, and decoder layers                    6
   num_heads         heads of every attention block                        8
@@ -34,7 +31,6 @@ config.model fields (suggested defaults: the paper's reference, see ../shared/pa
   scale_embeddings  multiply token embeddings by sqrt(d_model)           False
   share_embeddings  one source/target embedding (needs one vocabulary)   False
   tie_output        output projection = target embedding transposed      False
-  pool              transformer_encoder only: "mean" or "cls"            "mean"
   label_smoothing   read by the Translation task (tasks.py)              0.0 (reference) / 0.1
 
 Initialisation is Flax's default (LeCun normal for Linear, variance-scaled Embed), not the
@@ -43,58 +39,31 @@ reference's Kaiming uniform.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from ml_collections import ConfigDict
 
 from metricattn import attention as attn_lib
 from metricattn.errors import UserError
-from metricattn.attention import Attention, check_kind
+from metricattn.attention import Attention
 
 PAD = 0
 NORMS = ("post", "pre")
 POSITIONS = ("sinusoidal", "learned")
-POOLS = ("mean", "cls")
 
 
-@dataclasses.dataclass(frozen=True)
-class Hyper:
-  """Transformer hyperparameters; field meanings in the module docstring."""
-  attention: str = "softmax"
-  num_layers: int = 6
-  num_heads: int = 8
-  d_model: int = 512
-  qk_dim: int = 512
-  d_mlp: int = 512
-  d_ff: int = 2048
-  dropout: float = 0.1
-  scale: float | None = None
-  norm: str = "post"
-  ln_eps: float = 1e-12
-  positions: str = "sinusoidal"
-  max_len: int = 256
-  scale_embeddings: bool = False
-  share_embeddings: bool = False
-  tie_output: bool = False
-
-  def __post_init__(self):
-    check_kind(self.attention)
-    if self.norm not in NORMS:
-      raise UserError(f"unknown model.norm {self.norm!r}; allowed: {', '.join(NORMS)}")
-    if self.positions not in POSITIONS:
-      raise UserError(
-          f"unknown model.positions {self.positions!r}; allowed: {', '.join(POSITIONS)}")
-    if not 0.0 <= self.dropout < 1.0:
-      raise UserError(f"model.dropout must be in [0, 1); got {self.dropout}")
-
-
-def hyper_from_config(m) -> Hyper:
-  """Reads the Hyper fields from `config.model` (all of them are required)."""
-  names = [f.name for f in dataclasses.fields(Hyper)]
-  return Hyper(**{n: m[n] for n in names})
+def check(h: ConfigDict) -> None:
+  """UserError for a bad norm, positions or dropout (the Attention layer checks the kind)."""
+  if h.norm not in NORMS:
+    raise UserError(f"unknown model.norm {h.norm!r}; allowed: {', '.join(NORMS)}")
+  if h.positions not in POSITIONS:
+    raise UserError(
+        f"unknown model.positions {h.positions!r}; allowed: {', '.join(POSITIONS)}")
+  if not 0.0 <= h.dropout < 1.0:
+    raise UserError(f"model.dropout must be in [0, 1); got {h.dropout}")
 
 
 class DropoutKeys:
@@ -115,8 +84,8 @@ class DropoutKeys:
     return jax.random.fold_in(self.key, self.count)
 
 
-def check_rngs(h: Hyper, train: bool, rngs) -> DropoutKeys:
-  if train and h.dropout > 0 and rngs is None:
+def check_rngs(dropout: float, train: bool, rngs) -> DropoutKeys:
+  if train and dropout > 0 and rngs is None:
     raise ValueError("training with dropout needs rngs= a jax key")
   return DropoutKeys(rngs if train else None)
 
@@ -135,7 +104,7 @@ def sinusoid(positions: jax.Array, d: int) -> jax.Array:
 class Embedder(nnx.Module):
   """Token embedding (possibly shared), positions and dropout: ids [b, L] -> [b, L, d]."""
 
-  def __init__(self, embed: nnx.Embed, h: Hyper, *, rngs: nnx.Rngs):
+  def __init__(self, embed: nnx.Embed, h: ConfigDict, *, rngs: nnx.Rngs):
     self.embed = embed
     self.pos = nnx.Embed(h.max_len, h.d_model, rngs=rngs) if h.positions == "learned" else None
     self.drop = nnx.Dropout(h.dropout)
@@ -163,7 +132,7 @@ class Residual(nnx.Module):
   Use as `y = f(res.inp(x)); x = res.out(x, y, ...)`.
   """
 
-  def __init__(self, h: Hyper, *, rngs: nnx.Rngs):
+  def __init__(self, h: ConfigDict, *, rngs: nnx.Rngs):
     self.norm = nnx.LayerNorm(h.d_model, epsilon=h.ln_eps, rngs=rngs)
     self.drop = nnx.Dropout(h.dropout)
     self.pre = h.norm == "pre"
@@ -179,7 +148,7 @@ class Residual(nnx.Module):
 class FeedForward(nnx.Module):
   """Linear -> ReLU -> dropout -> Linear: [..., d] -> [..., d]."""
 
-  def __init__(self, h: Hyper, *, rngs: nnx.Rngs):
+  def __init__(self, h: ConfigDict, *, rngs: nnx.Rngs):
     self.up = nnx.Linear(h.d_model, h.d_ff, rngs=rngs)
     self.down = nnx.Linear(h.d_ff, h.d_model, rngs=rngs)
     self.drop = nnx.Dropout(h.dropout)
@@ -189,7 +158,7 @@ class FeedForward(nnx.Module):
     return self.down(hidden)
 
 
-def make_attention(h: Hyper, *, cross: bool, rngs: nnx.Rngs) -> Attention:
+def make_attention(h: ConfigDict, *, cross: bool, rngs: nnx.Rngs) -> Attention:
   return Attention(h.d_model, kind=h.attention, num_heads=h.num_heads, qk_features=h.qk_dim,
                    v_features=h.d_model, out_features=h.d_model, d_mlp=h.d_mlp,
                    scale=h.scale, cross=cross, rngs=rngs)
@@ -199,7 +168,7 @@ def make_attention(h: Hyper, *, cross: bool, rngs: nnx.Rngs) -> Attention:
 
 class EncoderLayer(nnx.Module):
 
-  def __init__(self, h: Hyper, *, rngs: nnx.Rngs):
+  def __init__(self, h: ConfigDict, *, rngs: nnx.Rngs):
     self.attn = make_attention(h, cross=False, rngs=rngs)
     self.ff = FeedForward(h, rngs=rngs)
     self.res_attn = Residual(h, rngs=rngs)
@@ -216,7 +185,7 @@ class EncoderLayer(nnx.Module):
 
 class DecoderLayer(nnx.Module):
 
-  def __init__(self, h: Hyper, *, rngs: nnx.Rngs):
+  def __init__(self, h: ConfigDict, *, rngs: nnx.Rngs):
     self.self_attn = make_attention(h, cross=False, rngs=rngs)
     self.cross_attn = make_attention(h, cross=True, rngs=rngs)
     self.ff = FeedForward(h, rngs=rngs)
@@ -284,14 +253,23 @@ class DecoderLayer(nnx.Module):
 
 # ---------------------------------------------------------------- stacks
 
-class Encoder(nnx.Module):
-  """Token ids [b, S] -> hidden states [b, S, d] (final LayerNorm under pre-LN)."""
+class Stack(nnx.Module):
+  """Embedder, `h.num_layers` layers of class LAYER, final LayerNorm under pre-LN."""
+  LAYER: type
 
-  def __init__(self, embed: nnx.Embed, h: Hyper, *, rngs: nnx.Rngs):
+  def __init__(self, embed: nnx.Embed, h: ConfigDict, *, rngs: nnx.Rngs):
     self.embedder = Embedder(embed, h, rngs=rngs)
-    self.layers = nnx.List([EncoderLayer(h, rngs=rngs) for _ in range(h.num_layers)])
+    self.layers = nnx.List([self.LAYER(h, rngs=rngs) for _ in range(h.num_layers)])
     self.final_norm = (nnx.LayerNorm(h.d_model, epsilon=h.ln_eps, rngs=rngs)
                        if h.norm == "pre" else None)
+
+  def finish(self, x: jax.Array) -> jax.Array:
+    return self.final_norm(x) if self.final_norm is not None else x
+
+
+class Encoder(Stack):
+  """Token ids [b, S] -> hidden states [b, S, d]."""
+  LAYER = EncoderLayer
 
   def __call__(self, tokens: jax.Array, *, train: bool, keys: DropoutKeys) -> jax.Array:
     check_length(tokens.shape[1], self.embedder.max_len)
@@ -299,20 +277,12 @@ class Encoder(nnx.Module):
     mask = (tokens != PAD)[:, None, None, :]
     for layer in self.layers:
       x = layer(x, mask, train=train, keys=keys)
-    return self.final_norm(x) if self.final_norm is not None else x
+    return self.finish(x)
 
 
-class Decoder(nnx.Module):
+class Decoder(Stack):
   """Target input ids [b, T] and memory [b, S, d] -> hidden states [b, T, d]."""
-
-  def __init__(self, embed: nnx.Embed, h: Hyper, *, rngs: nnx.Rngs):
-    self.embedder = Embedder(embed, h, rngs=rngs)
-    self.layers = nnx.List([DecoderLayer(h, rngs=rngs) for _ in range(h.num_layers)])
-    self.final_norm = (nnx.LayerNorm(h.d_model, epsilon=h.ln_eps, rngs=rngs)
-                       if h.norm == "pre" else None)
-
-  def _finish(self, x: jax.Array) -> jax.Array:
-    return self.final_norm(x) if self.final_norm is not None else x
+  LAYER = DecoderLayer
 
   def __call__(self, tgt_in: jax.Array, memory: jax.Array, src_valid: jax.Array, *,
                train: bool, keys: DropoutKeys) -> jax.Array:
@@ -324,7 +294,7 @@ class Decoder(nnx.Module):
     cross = src_valid[:, None, None, :]
     for layer in self.layers:
       x = layer(x, memory, causal, cross, train=train, keys=keys)
-    return self._finish(x)
+    return self.finish(x)
 
   def step(self, token: jax.Array, t: jax.Array, caches: list[dict],
            memory_caches: list[dict], src_valid: jax.Array) -> tuple[jax.Array, list[dict]]:
@@ -335,7 +305,7 @@ class Decoder(nnx.Module):
     for layer, cache, mem in zip(self.layers, caches, memory_caches):
       x, cache = layer.step(x, t, cache, mem, cross)
       new.append(cache)
-    return self._finish(x)[:, 0], new
+    return self.finish(x)[:, 0], new
 
 
 # ---------------------------------------------------------------- models
@@ -347,11 +317,12 @@ class Transformer(nnx.Module):
   `step`.
   """
 
-  def __init__(self, src_vocab: int, tgt_vocab: int, h: Hyper, *, rngs: nnx.Rngs):
+  def __init__(self, src_vocab: int, tgt_vocab: int, h: ConfigDict, *, rngs: nnx.Rngs):
+    check(h)
     if h.share_embeddings and src_vocab != tgt_vocab:
       raise UserError(f"model.share_embeddings needs one vocabulary; source has {src_vocab} "
                       f"tokens, target {tgt_vocab} (set data.shared_vocab=True)")
-    self.hyper = h
+    self.dropout, self.max_len = h.dropout, h.max_len
     src_embed = nnx.Embed(src_vocab, h.d_model, rngs=rngs)
     tgt_embed = src_embed if h.share_embeddings else nnx.Embed(tgt_vocab, h.d_model, rngs=rngs)
     self.encoder = Encoder(src_embed, h, rngs=rngs)
@@ -366,7 +337,7 @@ class Transformer(nnx.Module):
 
   def encode(self, src: jax.Array, *, train: bool = False, rngs=None) -> jax.Array:
     """src [b, S] -> memory [b, S, d]."""
-    return self.encoder(src, train=train, keys=check_rngs(self.hyper, train, rngs))
+    return self.encoder(src, train=train, keys=check_rngs(self.dropout, train, rngs))
 
   def decode(self, tgt_in: jax.Array, memory: jax.Array, src: jax.Array) -> jax.Array:
     """Uncached, evaluation mode: tgt_in [b, T], memory [b, S, d] -> logits [b, T, V]."""
@@ -375,13 +346,13 @@ class Transformer(nnx.Module):
 
   def __call__(self, src: jax.Array, tgt_in: jax.Array, *, train: bool = False,
                rngs=None) -> jax.Array:
-    keys = check_rngs(self.hyper, train, rngs)
+    keys = check_rngs(self.dropout, train, rngs)
     memory = self.encoder(src, train=train, keys=keys)
     return self.logits(self.decoder(tgt_in, memory, src != PAD, train=train, keys=keys))
 
   def init_cache(self, memory: jax.Array, max_len: int) -> tuple[list[dict], list[dict]]:
     """(self-attention caches for max_len positions, cross-attention memory caches)."""
-    check_length(max_len, self.hyper.max_len)
+    check_length(max_len, self.max_len)
     layers = self.decoder.layers
     return ([layer.empty_cache(memory.shape[0], max_len) for layer in layers],
             [layer.memory_cache(memory) for layer in layers])
@@ -393,41 +364,7 @@ class Transformer(nnx.Module):
     return self.logits(hidden), caches
 
 
-class EncoderClassifier(nnx.Module):
-  """The encoder as a classifier: x int32 [b, L] (0 = padding) -> logits [b, num_classes].
-
-  pool "mean": mean of the valid positions' final states; "cls": a class token (an extra
-  embedding row, id = vocab_size) is prepended and its final state is used.
-  """
-
-  def __init__(self, vocab_size: int, num_classes: int, h: Hyper, *, pool: str,
-               rngs: nnx.Rngs):
-    if pool not in POOLS:
-      raise UserError(f"unknown model.pool {pool!r}; allowed: {', '.join(POOLS)}")
-    self.hyper = h
-    self.pool = pool
-    self.cls_id = vocab_size
-    embed = nnx.Embed(vocab_size + (pool == "cls"), h.d_model, rngs=rngs)
-    self.encoder = Encoder(embed, h, rngs=rngs)
-    self.head = nnx.Linear(h.d_model, num_classes, rngs=rngs)
-
-  def __call__(self, x: jax.Array, *, train: bool = False, rngs=None) -> jax.Array:
-    keys = check_rngs(self.hyper, train, rngs)
-    if self.pool == "cls":
-      x = jnp.concatenate([jnp.full((x.shape[0], 1), self.cls_id, x.dtype), x], axis=1)
-    hidden = self.encoder(x, train=train, keys=keys)
-    if self.pool == "cls":
-      return self.head(hidden[:, 0])
-    valid = (x != PAD).astype(hidden.dtype)[..., None]
-    pooled = jnp.sum(hidden * valid, axis=1) / jnp.maximum(jnp.sum(valid, axis=1), 1.0)
-    return self.head(pooled)
-
-
-def from_config(m, info: dict, rngs: nnx.Rngs) -> nnx.Module:
-  """`transformer` from info src/tgt_vocab_size; `transformer_encoder` from info
-  vocab_size/num_classes and model.pool."""
-  h = hyper_from_config(m)
-  if m.name == "transformer_encoder":
-    return EncoderClassifier(info["vocab_size"], info["num_classes"], h, pool=m.pool,
-                             rngs=rngs)
-  return Transformer(info["src_vocab_size"], info["tgt_vocab_size"], h, rngs=rngs)
+def from_config(m: ConfigDict, info: dict, rngs: nnx.Rngs) -> Transformer:
+  """Builds the Transformer from `config.model` and the dataset's info (src_vocab_size,
+  tgt_vocab_size)."""
+  return Transformer(info["src_vocab_size"], info["tgt_vocab_size"], m, rngs=rngs)

@@ -44,7 +44,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from metricattn.errors import UserError
-from metricattn.attention import Attention, check_kind
+from metricattn.attention import Attention
 
 POOLS = ("cls", "mean")
 
@@ -152,7 +152,6 @@ class ViT(nnx.Module):
                       f"{tuple(image_shape)}")
     size, self.patch = parse_variant(variant)
     check_patch(image_shape, self.patch, variant)
-    check_kind(kind)
     if pool not in POOLS:
       raise UserError(f"unknown ViT pool {pool!r}; allowed: {', '.join(POOLS)}")
     if not 0.0 <= dropout < 1.0:
@@ -195,8 +194,3 @@ def from_config(m, info: dict, rngs: nnx.Rngs) -> ViT:
   return ViT(tuple(info["input_shape"]), info["num_classes"], variant=m.variant,
              kind=m.attention, d_mlp=int(m.d_mlp), scale=m.scale, pool=m.pool,
              dropout=float(m.dropout), rngs=rngs)
-
-
-def count_params(model: nnx.Module) -> int:
-  """Number of trainable parameters (shared projections counted once)."""
-  return sum(p.size for p in jax.tree.leaves(nnx.state(model, nnx.Param)))

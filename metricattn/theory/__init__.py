@@ -8,6 +8,7 @@
   nearest      the dot product's "nearest point" map A^T x/|A^T x| and one attention step
   depth        stacked attention without skips: rank, clusters, eigenvalues of S near 1
   report       `python -m metricattn.theory --out DIR [--quick]` writes report.md and figures
-  trained      `python -m metricattn.theory trained`: Moon IPNs trained per kind and seed;
-               per layer the asymmetry and metric-ness of the learned attention, clustering
+  trained      `python -m metricattn.theory trained`: the Moon IPNs of the `moons`
+               experiment; per layer the asymmetry and metric-ness of the learned attention,
+               clustering
 """

@@ -1,5 +1,6 @@
 """`python -m metricattn.theory --out DIR [--quick]`: see `metricattn.theory.report`;
-`python -m metricattn.theory trained [--runs DIR] [--out DIR]`: see `metricattn.theory.trained`."""
+`python -m metricattn.theory trained [--runs ROOT] [--budget quick] [--out DIR]`: see
+`metricattn.theory.trained`."""
 
 import sys
 

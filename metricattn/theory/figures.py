@@ -1,4 +1,5 @@
-"""Matplotlib figures of the theory probes (Agg backend; each function writes one PNG)."""
+"""Matplotlib figures of the theory probes (Agg backend; each function writes one PNG through
+`metricattn.plots.save`)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from metricattn.plots import save  # noqa: E402
 from metricattn.theory.convergence import GridResult  # noqa: E402
 from metricattn.theory.depth import DepthTrace  # noqa: E402
 
@@ -40,9 +42,7 @@ def convergence(res: GridResult, path: str) -> None:
   axes[2].set(xlabel=f"N eps^{res.rate:g}", ylabel="relative variance part",
               title="variance shrinks as N eps^(d/2+1) grows")
   axes[2].legend(fontsize=7)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  save(fig, path)
 
 
 def best_eps(results: list[GridResult], path: str) -> None:
@@ -58,9 +58,7 @@ def best_eps(results: list[GridResult], path: str) -> None:
   axes[1].set(xlabel="N", ylabel="relative error at best eps", title="error at best eps")
   for ax in axes:
     ax.legend(fontsize=8)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  save(fig, path)
 
 
 def nearest_circle(x: np.ndarray, n: np.ndarray, dot: np.ndarray, l2: np.ndarray,
@@ -76,10 +74,7 @@ def nearest_circle(x: np.ndarray, n: np.ndarray, dot: np.ndarray, l2: np.ndarray
     ax.plot(n[:, 0], n[:, 1], "o", mfc="none", color="C0", ms=6, label="n(x) = A^T x/|A^T x|")
     ax.set(aspect="equal", title=f"{name}: x -> S x", xlim=(-1.2, 1.2), ylim=(-1.2, 1.2))
     ax.legend(fontsize=8, loc="lower right")
-  fig.suptitle(title)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  save(fig, path, title)
 
 
 def nearest_sphere(x: np.ndarray, n: np.ndarray, dot: np.ndarray, l2: np.ndarray,
@@ -96,10 +91,7 @@ def nearest_sphere(x: np.ndarray, n: np.ndarray, dot: np.ndarray, l2: np.ndarray
     ax.set(title=f"{name}: x -> S x", xlim=(-1, 1), ylim=(-1, 1), zlim=(-1, 1))
     ax.set_box_aspect((1, 1, 1))
     ax.legend(fontsize=8)
-  fig.suptitle(title)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  save(fig, path, title)
 
 
 def depth(traces: dict[str, list[DepthTrace]], path: str) -> None:
@@ -122,9 +114,7 @@ def depth(traces: dict[str, list[DepthTrace]], path: str) -> None:
     row[2].set(xlabel="layer", ylabel="spread / initial spread",
                title=f"{data}: spread (floored at 1e-12)")
     row[0].legend(fontsize=7)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  save(fig, path)
 
 
 KIND_COLORS = {"softmax": "C3", "l2": "C0", "metric": "C2"}
@@ -163,9 +153,7 @@ def trained_stats(results: list, path: str) -> None:
   for ax in axes:
     ax.set_xticks(ticks)
     ax.set_xlabel("layer (0 = embedding)")
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  save(fig, path)
 
 
 def trained_matrices(runs: dict[str, dict], path: str, title: str) -> None:
@@ -198,7 +186,4 @@ def trained_matrices(runs: dict[str, dict], path: str, title: str) -> None:
                       label=f"class {cls}, test")
     row[-1].set_title(f"{kind}: features after layer {n_layers} (PCA)", fontsize=9)
     row[-1].legend(fontsize=6)
-  fig.suptitle(title)
-  fig.tight_layout()
-  fig.savefig(path, dpi=80)
-  plt.close(fig)
+  save(fig, path, title)

@@ -174,6 +174,3 @@ class Sphere:
     y = _sphere_points(np.arccos(z)[:, None], azim[None, :]).reshape(-1, 3)
     w = (wz[:, None] * np.full(2 * res, np.pi / res)[None, :]).reshape(-1)
     return y, w * self.density(y)
-
-
-MANIFOLDS = {"circle": Circle, "sphere": Sphere}

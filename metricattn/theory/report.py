@@ -2,6 +2,10 @@
 
   python -m metricattn.theory --out results/theory [--quick] [--seed 0]
 
+The trained-IPN probe is a subcommand with its own report (`metricattn.theory.trained`):
+
+  python -m metricattn.theory trained [--runs ROOT] [--budget quick] [--out DIR]
+
 Every number in the report is computed by this run; the text around the numbers is fixed.
 """
 
@@ -11,14 +15,13 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import shlex
 import sys
 import time
 
-import jax
 import numpy as np
 
+from metricattn.reporting import machine_description, markdown_table
 from metricattn.theory import depth as depth_lib
 from metricattn.theory import figures
 from metricattn.theory import nearest as nearest_lib
@@ -35,19 +38,19 @@ DEPTH_DIM = 16
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p = argparse.ArgumentParser(
+      prog="python -m metricattn.theory", description=__doc__.splitlines()[0],
+      formatter_class=argparse.RawDescriptionHelpFormatter,
+      usage="%(prog)s [-h] [--out OUT] [--quick] [--seed SEED] [--block BLOCK]\n"
+            "       %(prog)s trained [-h] [--runs ROOT] [--budget BUDGET] [--out OUT]",
+      epilog="subcommands:\n  trained  per-layer asymmetry and clustering of the Moon IPNs "
+             "of the moons experiment,\n           trained first when missing; see "
+             "`python -m metricattn.theory trained --help`")
   p.add_argument("--out", default="results/theory", help="output directory")
   p.add_argument("--quick", action="store_true", help="small N grid (about a minute)")
   p.add_argument("--seed", type=int, default=0, help="seed of every sample and layer")
   p.add_argument("--block", type=int, default=1024, help="queries per attention block")
   return p.parse_args(argv)
-
-
-def fmt_table(header: list[str], rows: list[list]) -> str:
-  """Markdown table."""
-  lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-  lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
-  return "\n".join(lines)
 
 
 def g(v: float, digits: int = 3) -> str:
@@ -68,8 +71,8 @@ def convergence_section(grids: list[GridResult], out: str) -> tuple[str, dict]:
              g(res.bias[res.epss.index(e)]), g(res.predicted_best_eps(n))]
             for i, (n, e) in enumerate(zip(res.ns, best))]
     md.append(f"### {res.manifold} (d = {res.dim}), {res.seconds:.0f} s\n")
-    md.append(fmt_table(["N", "best eps (grid)", "error at best eps", "variance part",
-                         "bias part", "predicted best eps"], rows))
+    md += markdown_table(["N", "best eps (grid)", "error at best eps", "variance part",
+                          "bias part", "predicted best eps"], rows)
     md.append("")
     md.append(f"- Bias vs eps (eps <= 1/16): log-log slope {bslope:.2f} (theory 1), "
               f"c_b = {g(cb)}.")
@@ -79,8 +82,8 @@ def convergence_section(grids: list[GridResult], out: str) -> tuple[str, dict]:
               f"(theory -1/(3 + d/2) = {-1 / (3 + res.dim / 2):.3f}; the grid is in factors "
               "of 2, so this is coarse).")
     md.append("\nFull error table (rows N, columns eps), total relative error:\n")
-    md.append(fmt_table(["N \\ eps"] + [g(e) for e in res.epss],
-                        [[n] + [g(v, 2) for v in res.total[i]] for i, n in enumerate(res.ns)]))
+    md += markdown_table(["N \\ eps"] + [g(e) for e in res.epss],
+                         [[n] + [g(v, 2) for v in res.total[i]] for i, n in enumerate(res.ns)])
     md.append(f"\n![{res.manifold}](convergence_{res.manifold}.png)\n")
     js[res.manifold] = dict(ns=res.ns, epss=res.epss, total=res.total.tolist(),
                             variance=res.variance.tolist(), bias=res.bias.tolist(),
@@ -97,8 +100,8 @@ def constants_section(grids: list[GridResult]) -> str:
   for res in grids:
     for eps, b, (al, be) in zip(res.epss, res.bias, res.constants):
       rows.append([res.manifold, g(eps), g(b), f"{al:.4f}", f"{be:.4f}"])
-  return fmt_table(["manifold", "eps", "bias (N = inf)", "alpha (Laplacian)", "beta (drift)"],
-                   rows)
+  return "\n".join(markdown_table(
+      ["manifold", "eps", "bias (N = inf)", "alpha (Laplacian)", "beta (drift)"], rows))
 
 
 # ---------------------------------------------------------------- part 2: nearest point
@@ -139,12 +142,12 @@ def nearest_section(cfg: dict, seed: int, out: str) -> tuple[str, dict]:
       figures.nearest_circle(*args, os.path.join(out, "nearest_circle.png"), title)
     else:
       figures.nearest_sphere(*args, os.path.join(out, "nearest_sphere.png"), title)
-  md = [fmt_table(["case", "eps", "angle(x, n(x))", "dot: angle(Sx, x)", "dot: angle(Sx, n(x))",
-                   "dot: mean dist(Sx, x)", "L2: angle(Sx, x)", "L2: angle(Sx, n(x))",
-                   "L2: mean dist(Sx, x)"], rows),
+  md = [*markdown_table(["case", "eps", "angle(x, n(x))", "dot: angle(Sx, x)",
+                         "dot: angle(Sx, n(x))", "dot: mean dist(Sx, x)", "L2: angle(Sx, x)",
+                         "L2: angle(Sx, n(x))", "L2: mean dist(Sx, x)"], rows),
         "\nSampled nearest point (argmin over N samples) against the analytic A^T x/|A^T x|, "
         "angle in degrees over 500 query points:\n",
-        fmt_table(["case", "N", "mean angle", "max angle"], sample_rows),
+        *markdown_table(["case", "N", "mean angle", "max angle"], sample_rows),
         "\n![circle](nearest_circle.png)\n\n![sphere](nearest_sphere.png)\n"]
   return "\n".join(md), js
 
@@ -195,9 +198,9 @@ def depth_section(cfg: dict, seed: int, out: str) -> tuple[str, dict]:
         js[f"{name} | {kind} | {sc}"] = dict(rank=tr.rank, clusters=tr.clusters,
                                             spread=tr.spread, near_one=tr.near_one)
   figures.depth(traces, os.path.join(out, "depth.png"))
-  md = [fmt_table(["data", "kind", "scale"] + [f"layer {l}" for l in marks]
-                  + [f"spread at layer {cfg['depth']}", "#eig near 1 = final #clusters "
-                     "from layer", "#clusters = final #clusters from layer"], rows),
+  md = [*markdown_table(["data", "kind", "scale"] + [f"layer {l}" for l in marks]
+                        + [f"spread at layer {cfg['depth']}", "#eig near 1 = final #clusters "
+                           "from layer", "#clusters = final #clusters from layer"], rows),
         "\nCells: rank / clusters / eigenvalues of S within 0.01 of 1 (S the matrix of that "
         "layer; rank and clusters of its output). The last two columns give the layer from "
         "which each count equals the final number of clusters and stays there (\"never\": "
@@ -209,12 +212,6 @@ def depth_section(cfg: dict, seed: int, out: str) -> tuple[str, dict]:
 
 # ---------------------------------------------------------------- report
 
-def machine() -> str:
-  return (f"`uname -m` = {platform.machine()}, {os.cpu_count()} CPU cores, "
-          f"{platform.system()} {platform.release()}, Python {platform.python_version()}, "
-          f"jax {jax.__version__} on {jax.default_backend()}")
-
-
 def header(cmd: str, seconds: float, cfg: dict, quick: bool) -> str:
   date = datetime.datetime.now().astimezone().strftime("%a %d %b %Y %H:%M:%S %Z")
   return "\n".join([
@@ -222,7 +219,7 @@ def header(cmd: str, seconds: float, cfg: dict, quick: bool) -> str:
       "",
       f"- Command: `{cmd}`" + (" (quick mode: small N, not the committed grid)" if quick
                                else ""),
-      f"- Machine: {machine()}",
+      f"- Machine: {machine_description()}",
       f"- Date: {date}; wall time {seconds:.0f} s",
       f"- Grid: N in {cfg['ns']}, eps = 2^-k for k in "
       f"{[int(round(-np.log2(e))) for e in cfg['epss']]}",

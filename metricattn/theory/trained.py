@@ -1,15 +1,19 @@
 """Trained Moon IPNs (issue 6, section 3, second half): per layer, how far the learned
 attention is from a symmetric (metric) kernel, and how the features cluster.
 
-  python -m metricattn.theory trained --runs runs/theory-ipn \
-      --out results/theory/trained [--seeds 0:5] [--steps 2000]
+  python -m metricattn.theory trained [--runs ROOT] [--budget quick] \
+      [--out results/theory/trained]
 
-Every (kind, seed) is an IPN trained by `metricattn.train.train_and_evaluate` with
-`configs/moons_ipn.py` in RUNS/attention=KIND/seed=S (a finished run is reused, an
-interrupted one resumes). The analysis set is the run's 100 test points plus its 100 context
-points (the fixed training subset its evaluation attends to), presented as ONE set without a
-mask, as in training (where 100 training points attend to each other): every matrix below
-is a full, strictly positive [200, 200] matrix. The same analysis is run on the initial
+The runs are those of the `moons` experiment (`metricattn.registry`, `configs/moons_ipn.py`)
+in ROOT/attention=KIND/seed=S, every kind and seed of the budget (default `quick`: 2,000
+steps, the config's default). When any is missing, the experiment runner
+(`metricattn.experiment`, without its robustness step) trains them first; finished runs are
+reused, interrupted ones resume.
+
+The analysis set is the run's 100 test points plus its 100 context points (the fixed
+training subset its evaluation attends to), presented as ONE set without a mask, as in
+training (where 100 training points attend to each other): every matrix below is a full,
+strictly positive [200, 200] matrix. The same analysis is run on the initial
 parameters of each run, for comparison.
 
 Asymmetry. S = softmax_j(L_ij) is unchanged by row offsets L_ij + a_i, so the "kernel"
@@ -22,10 +26,10 @@ logit form that gives the same S. We report
   asym = ||A||_F / ||C||_F,  A = (C - C^T)/2,
 in [0, 1] (||C||^2 = ||A||^2 + ||(C + C^T)/2||^2). asym = 0 iff L_ij + a_i is symmetric
 for some a, i.e. S = D^-1 K with K = K^T (S is reversible: pi_i S_ij = pi_j S_ji). A is the
-antisymmetric part of L minus its best "gradient" a_i - a_j (the Hodge residual). For softmax, q = W_Q^T h + b_Q and
-k = W_K^T h + b_K give C = s H_c M H_c^T with M = W_Q W_K^T and H_c the centred features,
-so asym is the antisymmetric part of M seen through the data; `param_asym` is
-||A(M)||_F / ||M||_F itself.
+antisymmetric part of L minus its best "gradient" a_i - a_j (the Hodge residual). For
+softmax, q = W_Q^T h + b_Q and k = W_K^T h + b_K give C = s H_c M H_c^T with M = W_Q W_K^T
+and H_c the centred features, so asym is the antisymmetric part of M seen through the data;
+`param_asym` is ||A(M)||_F / ||M||_F itself.
 
 Metric-ness. Symmetric is not yet metric. For symmetric C, -C/s is, up to row and column
 offsets, a squared Euclidean distance between the points iff C is positive semidefinite
@@ -47,7 +51,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
-from metricattn.config_utils import load_config_file
 import json
 import shlex
 import sys
@@ -60,35 +63,42 @@ import numpy as np
 from flax import nnx
 
 from metricattn import attention as attn_lib
+from metricattn import registry
+from metricattn import runs as runs_lib
 from metricattn.errors import UserError
+from metricattn.reporting import machine_description, markdown_table
 from metricattn.theory import depth as depth_lib
 
-from metricattn.attention import KINDS
-REPO = Path(__file__).resolve().parents[2]
-CONFIG = REPO / "configs" / "moons_ipn.py"
+EXPERIMENT = "moons"
 RANK_TOL, CLUSTER_TOL, EIG_TOL = 1e-3, 0.05, 1e-2
 
 
-# ---------------------------------------------------------------- training
+# ---------------------------------------------------------------- the runs
 
-def moons_config(kind: str, seed: int, steps: int):
-  """configs/moons_ipn.py for one kind, seed and number of steps."""
-  config = load_config_file(CONFIG, f"attention={kind},steps={steps}")
-  config.seed = seed
-  return config
+def workdirs(root: Path, budget: str) -> dict[tuple[str, int], Path]:
+  """{(kind, seed): workdir} of the moons experiment's runs in root."""
+  exp = registry.get(EXPERIMENT)
+  return {(k, s): root / f"attention={k}" / f"seed={s}"
+          for k in exp.kinds for s in range(exp.budget(budget).seeds)}
 
 
-def train_run(config, workdir: Path) -> tuple[dict, bool]:
-  """(summary, trained now): trains the run, or reuses it when it has finished."""
-  from metricattn.train import train_and_evaluate
-  path = workdir / "summary.json"
-  if path.exists():
-    summary = json.loads(path.read_text())
-    if summary.get("step") == config.train.steps:
-      return summary, False
-    raise UserError(f"{workdir} was trained for {summary.get('step')} steps, not "
-                    f"{config.train.steps}; use another --runs directory")
-  return train_and_evaluate(config, workdir), True
+def experiment_command(root: Path, budget: str) -> str:
+  return shlex.join(["python", "-m", "metricattn.experiment", EXPERIMENT, "--budget", budget,
+                     "--root", str(root), "--no-robustness"])
+
+
+def ensure_runs(root: Path, budget: str) -> tuple[dict[tuple[str, int], Path], float, int]:
+  """(workdirs, seconds, runs trained now): the experiment runner trains the missing runs
+  (it refuses a root that holds another budget); a finished root is used as it is."""
+  from metricattn import experiment
+  runs = workdirs(root, budget)
+  missing = [w for w in runs.values() if not runs_lib.finished(w)]
+  recorded = (runs_lib.read_json(root / "experiment.json") or {}).get("budget")
+  t0 = time.time()
+  if missing or recorded != budget:
+    experiment.run(EXPERIMENT, budget, root, None, None, experiment_command(root, budget),
+                   robust=False)
+  return runs, time.time() - t0, len(missing)
 
 
 # ---------------------------------------------------------------- measures
@@ -250,21 +260,17 @@ def analyse(config, graphdef, params, data, state: str,
 
 def analyse_workdir(workdir: Path) -> list[RunAnalysis]:
   """[initial, trained] analyses of a run's latest checkpoint."""
-  from metricattn.robustness import restore_run
   from metricattn.train import build
-  config, data, graphdef, params, _ = restore_run(Path(workdir))
+  config, data, _, graphdef, params, _ = runs_lib.restore(workdir)
   init = build(config)[3]
-  summary_path = Path(workdir) / "summary.json"
-  run_acc = (json.loads(summary_path.read_text()).get("test/accuracy")
-             if summary_path.exists() else None)
+  run_acc = (runs_lib.read_json(Path(workdir) / "summary.json") or {}).get("test/accuracy")
   return [analyse(config, graphdef, init, data, "init", None),
           analyse(config, graphdef, params, data, "trained", run_acc)]
 
 
 def layer_matrices(workdir: Path) -> dict:
   """For the figure: per layer S and A(C) of the trained run, the set order, final H."""
-  from metricattn.robustness import restore_run
-  config, data, graphdef, params, _ = restore_run(Path(workdir))
+  _, data, _, graphdef, params, _ = runs_lib.restore(workdir)
   model = nnx.merge(graphdef, params)
   x, y, is_test = analysis_set(data)
   h = model.embed(jnp.asarray(x))[None]
@@ -284,12 +290,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
   p = argparse.ArgumentParser(prog="python -m metricattn.theory trained",
                               description="Per-layer asymmetry and clustering of trained "
                               "Moon IPNs (issue 6, section 3).")
-  p.add_argument("--runs", default="runs/theory-ipn", help="root of the training runs")
+  p.add_argument("--runs", type=Path, default=None, metavar="ROOT",
+                 help=f"root of the {EXPERIMENT} experiment's runs, trained there when "
+                 f"missing (default runs/experiments/{EXPERIMENT}/BUDGET)")
+  p.add_argument("--budget", default="quick",
+                 help=f"budget of the {EXPERIMENT} experiment: "
+                 f"{', '.join(registry.get(EXPERIMENT).budgets)} (quick: 2,000 steps)")
   p.add_argument("--out", default="results/theory/trained",
                  help="output directory (report.md, results.json, PNGs)")
-  p.add_argument("--seeds", default="0:5", help="'0:5', '0,3' or '2'")
-  p.add_argument("--kinds", default=",".join(KINDS), help="comma-separated attention kinds")
-  p.add_argument("--steps", type=int, default=2000, help="training steps per run")
   return p.parse_args(argv)
 
 
@@ -316,11 +324,6 @@ def column(runs: list[RunAnalysis], layer: int, field: str) -> list:
   return [getattr(r.layers[layer], field) for r in runs]
 
 
-def fmt_table(header: list[str], rows: list[list]) -> str:
-  from metricattn.theory.report import fmt_table as table
-  return table(header, rows)
-
-
 def asymmetry_table(results: list[RunAnalysis], kinds: list[str]) -> str:
   rows = []
   for kind in kinds:
@@ -330,9 +333,10 @@ def asymmetry_table(results: list[RunAnalysis], kinds: list[str]) -> str:
                                    for f in ("asym", "neg", "param_asym")
                                    for runs in (init, done)]
                   + [mean_range(column(done, layer, "in_aniso"), 2)])
-  return fmt_table(["kind", "layer", "asym, init", "asym, trained", "neg, init",
-                    "neg, trained", "param asym, init", "param asym, trained",
-                    "input sigma2/sigma1 (centred), trained"], rows)
+  return "\n".join(markdown_table(
+      ["kind", "layer", "asym, init", "asym, trained", "neg, init", "neg, trained",
+       "param asym, init", "param asym, trained", "input sigma2/sigma1 (centred), trained"],
+      rows))
 
 
 def softmax_sentence(results: list[RunAnalysis]) -> str:
@@ -369,9 +373,9 @@ def cluster_table(results: list[RunAnalysis], kinds: list[str]) -> str:
                      mean_range(column(runs, layer, "same_class"), 2),
                      mean_range([sv[1] for sv in column(runs, layer, "sv")], 2),
                      mean_range(column(runs, layer, "spread"), 2)])
-  return fmt_table(["kind", "params", "layer", "rank", "clusters (mixed)", "#eig(S) near 1",
-                    "lambda2", "split vs class", "same-class weight", "sigma2/sigma1",
-                    "spread"], rows)
+  return "\n".join(markdown_table(
+      ["kind", "params", "layer", "rank", "clusters (mixed)", "#eig(S) near 1", "lambda2",
+       "split vs class", "same-class weight", "sigma2/sigma1", "spread"], rows))
 
 
 def accuracy_table(results: list[RunAnalysis], kinds: list[str]) -> str:
@@ -382,8 +386,9 @@ def accuracy_table(results: list[RunAnalysis], kinds: list[str]) -> str:
                  per_seed([g(r.run_accuracy) for r in done]),
                  mean_range([r.set_accuracy for r in done]),
                  mean_range([r.set_accuracy for r in init])])
-  return fmt_table(["kind", "run test accuracy (train_context)", "per seed",
-                    "test accuracy in the 200-point set", "same, initial params"], rows)
+  return "\n".join(markdown_table(
+      ["kind", "run test accuracy (train_context)", "per seed",
+       "test accuracy in the 200-point set", "same, initial params"], rows))
 
 
 def eig_sentence(results: list[RunAnalysis]) -> str:
@@ -424,19 +429,20 @@ def headline(results: list[RunAnalysis], kinds: list[str]) -> str:
 
 
 def header(cmd: str, seconds: float, train_seconds: float, trained: int, reused: int,
-           seeds: list[int], steps: int) -> str:
-  from metricattn.theory.report import machine
+           root: Path, budget: str) -> str:
+  exp = registry.get(EXPERIMENT)
   date = datetime.datetime.now().astimezone().strftime("%a %d %b %Y %H:%M:%S %Z")
   return "\n".join([
       "# Trained Moon IPNs: how far the learned attention is from a metric kernel, and its "
       "clustering (issue 6, section 3)", "",
       f"- Command: `{cmd}`",
-      f"- Machine: {machine()}",
+      f"- Machine: {machine_description()}",
       f"- Date: {date}; wall time {seconds:.0f} s ({trained} runs trained here in "
       f"{train_seconds:.0f} s, {reused} reused)",
-      f"- Runs: `configs/moons_ipn.py` (paper Table 2 settings: IPN width 16, depth 2, one "
-      f"head, d_Q = d_mlp = 10, scale 1/sqrt(d_Q), no skip), {steps} steps, seeds {seeds} "
-      "(the seed also draws the data set)", ""])
+      f"- Runs: the `{EXPERIMENT}` experiment, budget `{budget}` ({exp.budget(budget).note}), "
+      f"in `{root}` (`{experiment_command(root, budget)}` trains them): "
+      f"`{exp.config_arg(budget)}` (paper Table 2 settings: IPN width 16, depth 2, one head, "
+      "d_Q = d_mlp = 10, scale 1/sqrt(d_Q), no skip; the seed also draws the data set)", ""])
 
 
 METHOD = f"""\
@@ -496,46 +502,38 @@ layer fed nearly one-dimensional features cannot be far from symmetric.
 
 
 def write_report(out: Path, text: str, results: list[RunAnalysis], meta: dict) -> None:
-  (out / "report.md").write_text(text)
+  runs_lib.write_atomic(out / "report.md", text)
   js = dict(meta, runs=[dataclasses.asdict(r) for r in results])
-  (out / "results.json").write_text(json.dumps(js, indent=1) + "\n")
-
-
-def train_all(kinds: list[str], seeds: list[int], steps: int, root: Path):
-  """{(kind, seed): workdir}, trained or reused; (workdirs, seconds, trained, reused)."""
-  workdirs, t0, trained = {}, time.time(), 0
-  for kind in kinds:
-    for seed in seeds:
-      w = root / f"attention={kind}" / f"seed={seed}"
-      _, new = train_run(moons_config(kind, seed, steps), w)
-      trained += new
-      workdirs[kind, seed] = w
-  return workdirs, time.time() - t0, trained, len(workdirs) - trained
+  runs_lib.write_atomic(out / "results.json", json.dumps(js, indent=1) + "\n")
 
 
 def main(argv: list[str] | None = None) -> None:
-  from metricattn.cli import enable_compilation_cache
-  from metricattn.sweep import parse_seeds
-  from metricattn.theory import figures
+  from metricattn.cli import enable_compilation_cache, run
   args = parse_args(argv)
-  kinds = [k for k in args.kinds.split(",") if k]
-  seeds = parse_seeds(args.seeds)
-  out = Path(args.out)
-  out.mkdir(parents=True, exist_ok=True)
   cmd = " ".join(["python -m metricattn.theory trained"]
                  + [shlex.quote(a) for a in (sys.argv[2:] if argv is None else argv)])
   enable_compilation_cache()
+  run(report, args.runs or Path("runs/experiments") / EXPERIMENT / args.budget, args.budget,
+      Path(args.out), cmd)
+
+
+def report(root: Path, budget: str, out: Path, cmd: str) -> None:
+  """Trains the missing runs, analyses them all and writes OUT/report.md."""
+  from metricattn.theory import figures
+  out.mkdir(parents=True, exist_ok=True)
   t0 = time.time()
-  workdirs, train_s, n_new, n_old = train_all(kinds, seeds, args.steps, Path(args.runs))
-  print(f"[trained] analysing {len(workdirs)} runs", flush=True)
-  results = [r for w in workdirs.values() for r in analyse_workdir(w)]
+  runs, train_s, n_new = ensure_runs(root, budget)
+  kinds = list(dict.fromkeys(k for k, _ in runs))
+  seeds = sorted({s for _, s in runs})
+  print(f"[trained] analysing {len(runs)} runs", flush=True)
+  results = [r for w in runs.values() for r in analyse_workdir(w)]
   figures.trained_stats(results, str(out / "trained.png"))
-  mats = {k: layer_matrices(workdirs[k, seeds[0]]) for k in kinds}
+  mats = {k: layer_matrices(runs[k, seeds[0]]) for k in kinds}
   figures.trained_matrices(mats, str(out / "trained_attention.png"),
                            f"trained IPNs, seed {seeds[0]}: 200-point analysis set")
   seconds = time.time() - t0
   text = "\n".join([
-      header(cmd, seconds, train_s, n_new, n_old, seeds, args.steps),
+      header(cmd, seconds, train_s, n_new, len(runs) - n_new, root, budget),
       headline(results, kinds), METHOD,
       "## Accuracy\n", accuracy_table(results, kinds), "",
       "The analysis set differs from the run's evaluation only in that test points also see "
@@ -546,8 +544,7 @@ def main(argv: list[str] | None = None) -> None:
       "", "![per-layer statistics](trained.png)\n",
       f"![attention matrices, seed {seeds[0]}](trained_attention.png)\n",
       FIGURE_NOTE])
-  write_report(out, text, results, dict(command=cmd, seconds=seconds, seeds=seeds,
-                                        kinds=kinds, steps=args.steps,
-                                        workdirs={f"{k}/{s}": str(w)
-                                                  for (k, s), w in workdirs.items()}))
+  write_report(out, text, results, dict(
+      command=cmd, seconds=seconds, experiment=EXPERIMENT, budget=budget, root=str(root),
+      seeds=seeds, kinds=kinds, workdirs={f"{k}/{s}": str(w) for (k, s), w in runs.items()}))
   print(f"[trained] wrote {out}/report.md in {seconds:.0f} s", flush=True)
