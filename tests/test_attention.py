@@ -111,11 +111,14 @@ def test_jit_vmap_grad(fn):
   np.testing.assert_allclose(g[0, 1, 0, 3], fd, rtol=2e-2, atol=1e-3)
 
 
-def test_l2_reuses_given_key_norms():
+def test_l2_reuses_given_key_norms_about_any_centre():
   rng = np.random.default_rng(5)
   q, k, v = (jnp.asarray(rng.normal(size=(2, 3, 2, 4)), jnp.float32) for _ in range(3))
-  np.testing.assert_allclose(A.l2_attention(q, k, v, k_sqnorm=A.key_sqnorm(k)),
-                             A.l2_attention(q, k, v), atol=1e-7)
+  for c in (A.key_centre(k), k[:, :1], jnp.zeros((1, 1, 1, 4))):
+    out = A.l2_attention(q, k, v, k_sqnorm=A.key_sqnorm(k, c), k_centre=c)
+    np.testing.assert_allclose(out, A.l2_attention(q, k, v), atol=1e-6)
+  with pytest.raises(ValueError, match="k_centre"):
+    A.l2_attention(q, k, v, k_sqnorm=A.key_sqnorm(k, k[:, :1]))
 
 
 def largest_intermediate(fn, *args) -> int:
@@ -141,3 +144,32 @@ def test_bad_shapes_are_clear_errors():
     A.l2_attention(q, jnp.zeros((1, 2, 2, 3)), q)
   with pytest.raises(ValueError, match="rank 4"):
     A.dot_product_attention(q[0], q[0], q[0])
+
+
+def shifted(rng, shape, c):
+  """N(0, 1) float32 snapped so that x + c is exact: the kernel's error alone is measured."""
+  x = rng.normal(size=shape).astype(np.float32)
+  return (x + c) - c
+
+
+@pytest.mark.parametrize("shape", [(1, 5, 7, 1, 4), (2, 8, 8, 3, 16), (1, 3, 33, 2, 64)])
+def test_l2_is_invariant_to_a_common_offset(shape):
+  """l2(q + c, k + c, v) == l2(q, k, v) for |c| up to 1e4 in float32, values and gradients."""
+  b, lq, lk, h, d = shape
+  rng = np.random.default_rng(d)
+  u = rng.normal(size=d)
+  mask = rng.random((b, 1, lq, lk)) < 0.7
+  for norm in (0.0, 1e2, 1e3, 1e4):
+    c = (norm * u / np.linalg.norm(u)).astype(np.float32)
+    q, k = shifted(rng, (b, lq, h, d), c), shifted(rng, (b, lk, h, d), c)
+    v = rng.normal(size=(b, lk, h, 2)).astype(np.float32)
+    w = jnp.asarray(rng.normal(size=(b, lq, h, 2)), jnp.float32)
+    loss = lambda q, k, m: jnp.sum(w * A.l2_attention(q, k, v, mask=m))
+    for m in (None, mask):
+      np.testing.assert_allclose(A.l2_attention(q + c, k + c, v, mask=m),
+                                 A.l2_attention(q, k, v, mask=m), atol=1e-4)
+      g_shift = jax.grad(loss, argnums=(0, 1))(q + c, k + c, m)
+      g = jax.grad(loss, argnums=(0, 1))(q, k, m)
+      for a, e in zip(g_shift, g):
+        assert np.all(np.isfinite(a))
+        np.testing.assert_allclose(a, e, atol=1e-3)

@@ -7,10 +7,10 @@
 """
 
 from metricattn.attention.kernels import (dot_product_attention, dot_product_logits,
-                                          key_sqnorm, l2_attention, l2_logits,
+                                          key_centre, key_sqnorm, l2_attention, l2_logits,
                                           masked_softmax_attend)
 from metricattn.attention.layer import KINDS, Attention, MetricMLP, check_kind, split_heads
 
 __all__ = ["KINDS", "Attention", "MetricMLP", "check_kind", "dot_product_attention",
-           "dot_product_logits", "key_sqnorm", "l2_attention", "l2_logits",
+           "dot_product_logits", "key_centre", "key_sqnorm", "l2_attention", "l2_logits",
            "masked_softmax_attend", "split_heads"]

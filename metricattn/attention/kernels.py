@@ -18,6 +18,12 @@ L2 attention uses the identity  -||q - k||^2 = 2 q.k - ||q||^2 - ||k||^2.  The |
 is constant along a softmax row and cancels, so the logits are `scale * (2 q.k - ||k||^2)`:
 dot-product attention with a per-key bias, computed as one matmul of vectors augmented by
 one coordinate, with no [..., q_len, kv_len, head_dim] intermediate.
+
+The bias form cancels badly when q and k share a large offset (float32), so q and k are
+first centred by a common vector c per (batch, head): ||q - k|| = ||(q - c) - (k - c)||, exact
+for any c. By default c is the mean key over the key axis (masked keys included, so that c
+does not depend on the mask). Callers that cache the keys' squared norms (decoders) pass the
+centre they used with them: `k_sqnorm = key_sqnorm(k, k_centre)`.
 """
 
 from __future__ import annotations
@@ -68,27 +74,41 @@ def dot_product_logits(q: Array, k: Array, *, scale: float | None = None) -> Arr
   return jnp.einsum("bqhd,bkhd->bhqk", s * q.astype(jnp.float32), k.astype(jnp.float32))
 
 
-def key_sqnorm(k: Array) -> Array:
-  """Squared norms ||k_j||^2 in float32, shape [batch, kv_len, heads] (cacheable)."""
-  k32 = k.astype(jnp.float32)
-  return jnp.sum(k32 * k32, axis=-1)
+def key_centre(k: Array) -> Array:
+  """Mean key per (batch, head) over all keys, float32 [batch, 1, heads, head_dim]."""
+  return jnp.mean(k.astype(jnp.float32), axis=1, keepdims=True)
+
+
+def key_sqnorm(k: Array, centre: Array) -> Array:
+  """Squared norms ||k_j - centre||^2 in float32, shape [batch, kv_len, heads] (cacheable).
+
+  `centre` broadcasts to [batch, 1, heads, head_dim] (e.g. `key_centre(k)`); pass the same
+  one to `l2_logits` as `k_centre`.
+  """
+  kc = k.astype(jnp.float32) - jax.lax.stop_gradient(centre.astype(jnp.float32))
+  return jnp.sum(kc * kc, axis=-1)
 
 
 def l2_logits(q: Array, k: Array, *, scale: float | None = None,
-              k_sqnorm: Array | None = None) -> Array:
+              k_sqnorm: Array | None = None, k_centre: Array | None = None) -> Array:
   """float32 logits equal to `-scale * ||q - k||^2` up to a per-row constant.
 
-  Shape [batch, heads, q_len, kv_len]. `k_sqnorm` ([batch, kv_len, heads]) may be passed
-  when it is already known, e.g. from a decoding cache.
+  Shape [batch, heads, q_len, kv_len]. q and k are centred by `k_centre` (default
+  `key_centre(k)`), a constant for gradients: any common vector leaves the logits exact.
+  `k_sqnorm` ([batch, kv_len, heads]) may be passed when it is already known, e.g. from a
+  decoding cache; it must be `key_sqnorm(k, k_centre)`, so `k_centre` is then required.
 
   One matmul of augmented vectors, [2 s q, -s] . [k, ||k||^2] = s (2 q.k - ||k||^2): the
   per-key bias and its gradient ride along in the matmul instead of costing an extra pass
   over the [q_len, kv_len] logits (measured by scripts/bench_attention.py).
   """
+  if k_sqnorm is not None and k_centre is None:
+    raise ValueError("l2_logits: k_sqnorm must come with the k_centre it was computed about")
   s = _default_scale(q.shape[-1], scale)
-  q32, k32 = q.astype(jnp.float32), k.astype(jnp.float32)
+  c = jax.lax.stop_gradient(key_centre(k) if k_centre is None else k_centre.astype(jnp.float32))
+  q32, k32 = q.astype(jnp.float32) - c, k.astype(jnp.float32) - c
   if k_sqnorm is None:
-    k_sqnorm = key_sqnorm(k)
+    k_sqnorm = jnp.sum(k32 * k32, axis=-1)
   q_aug = jnp.concatenate([(2.0 * s) * q32, jnp.full((*q.shape[:-1], 1), -s, jnp.float32)], -1)
   k_aug = jnp.concatenate([k32, k_sqnorm.astype(jnp.float32)[..., None]], -1)
   return jnp.einsum("bqhd,bkhd->bhqk", q_aug, k_aug)
@@ -102,10 +122,13 @@ def dot_product_attention(q: Array, k: Array, v: Array, *, mask: Array | None = 
 
 
 def l2_attention(q: Array, k: Array, v: Array, *, mask: Array | None = None,
-                 scale: float | None = None, k_sqnorm: Array | None = None) -> Array:
+                 scale: float | None = None, k_sqnorm: Array | None = None,
+                 k_centre: Array | None = None) -> Array:
   """Softmax attention with logits `-scale * ||q - k||^2` (scale defaults to 1/sqrt(head_dim)).
 
-  Computed in the bias form `scale * (2 q.k - ||k||^2)`; see the module docstring.
+  Computed in the bias form `scale * (2 q.k - ||k||^2)` after centring q and k; see the
+  module docstring and `l2_logits` (`k_sqnorm` needs the `k_centre` it was computed about).
   """
   _check_shapes(q, k, v)
-  return masked_softmax_attend(l2_logits(q, k, scale=scale, k_sqnorm=k_sqnorm), v, mask)
+  logits = l2_logits(q, k, scale=scale, k_sqnorm=k_sqnorm, k_centre=k_centre)
+  return masked_softmax_attend(logits, v, mask)

@@ -113,12 +113,14 @@ class Attention(nnx.Module):
     return jnp.broadcast_to(y[..., None, :], (*y.shape[:-1], self.num_heads, y.shape[-1]))
 
   def attend(self, q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None = None,
-             k_sqnorm: jax.Array | None = None) -> jax.Array:
+             k_sqnorm: jax.Array | None = None,
+             k_centre: jax.Array | None = None) -> jax.Array:
     """Kernel plus output projection: [b, q_len, heads, v_dim] -> [b, q_len, out]."""
     if self.kind == "softmax":
       o = attn_lib.dot_product_attention(q, k, v, mask=mask, scale=self.scale)
     else:
-      o = attn_lib.l2_attention(q, k, v, mask=mask, scale=self.scale, k_sqnorm=k_sqnorm)
+      o = attn_lib.l2_attention(q, k, v, mask=mask, scale=self.scale, k_sqnorm=k_sqnorm,
+                                k_centre=k_centre)
     if self.v_proj is None:
       o = jnp.mean(o, axis=-2)
     else:

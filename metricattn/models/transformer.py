@@ -164,11 +164,6 @@ def make_attention(h: ConfigDict, *, cross: bool, rngs: nnx.Rngs) -> Attention:
                    scale=h.scale, cross=cross, rngs=rngs)
 
 
-def sqnorm_or_none(attn: Attention, k: jax.Array) -> jax.Array | None:
-  """Keys' squared norms [b, kv_len, heads] for l2/metric (cached by decoders), else None."""
-  return None if attn.kind == "softmax" else attn_lib.key_sqnorm(k)
-
-
 # ---------------------------------------------------------------- layers
 
 class EncoderLayer(nnx.Module):
@@ -209,10 +204,15 @@ class DecoderLayer(nnx.Module):
     return self.res_ff.out(x, y, train=train, key=keys())
 
   def memory_cache(self, memory: jax.Array) -> dict:
-    """Cross-attention keys [b, S, h, dh], values [b, S, h, dv], squared key norms."""
+    """Cross-attention keys [b, S, h, dh], values [b, S, h, dv]; for l2/metric also the
+    mean key [b, 1, h, dh] (the kernel's own centre) and the centred keys' squared norms."""
     a = self.cross_attn
     k = a.keys(memory)
-    return {"k": k, "v": a.values(memory), "k_sq": sqnorm_or_none(a, k)}
+    cache = {"k": k, "v": a.values(memory)}
+    if a.kind != "softmax":
+      cache["k_c"] = attn_lib.key_centre(k)
+      cache["k_sq"] = attn_lib.key_sqnorm(k, cache["k_c"])
+    return cache
 
   def empty_cache(self, batch: int, max_len: int) -> dict:
     """Self-attention cache for `max_len` positions, all zeros."""
@@ -234,15 +234,18 @@ class DecoderLayer(nnx.Module):
     k_new = a.keys(hin)
     put = lambda buf, new: jax.lax.dynamic_update_slice_in_dim(buf, new.astype(buf.dtype), t, 1)
     cache = dict(cache, k=put(cache["k"], k_new), v=put(cache["v"], a.values(hin)))
-    if "k_sq" in cache:
-      cache["k_sq"] = put(cache["k_sq"], attn_lib.key_sqnorm(k_new))
+    # l2/metric: norms about a centre fixed per sequence, the first key (written at t = 0).
+    centre = cache["k"][:, :1] if "k_sq" in cache else None
+    if centre is not None:
+      cache["k_sq"] = put(cache["k_sq"], attn_lib.key_sqnorm(k_new, centre))
     mask = (jnp.arange(cache["k"].shape[1]) <= t)[None, None, None, :]
-    y = a.attend(a.queries(hin), cache["k"], cache["v"], mask, k_sqnorm=cache.get("k_sq"))
+    y = a.attend(a.queries(hin), cache["k"], cache["v"], mask, k_sqnorm=cache.get("k_sq"),
+                 k_centre=centre)
     x = self.res_self.out(x, y, train=False, key=None)
     c = self.cross_attn
     m = memory_cache
     y = c.attend(c.queries(self.res_cross.inp(x)), m["k"], m["v"], cross_mask,
-                 k_sqnorm=m["k_sq"])
+                 k_sqnorm=m.get("k_sq"), k_centre=m.get("k_c"))
     x = self.res_cross.out(x, y, train=False, key=None)
     y = self.ff(self.res_ff.inp(x), train=False, key=None)
     return self.res_ff.out(x, y, train=False, key=None), cache
