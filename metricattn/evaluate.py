@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from metricattn import runs
-from metricattn.cli import enable_compilation_cache, run
+from metricattn.cli import enable_compilation_cache, error
 from metricattn.errors import UserError
 from metricattn.runs import SELECTION_SPLIT, best_val_step
 from metricattn.writers import read_jsonl
@@ -80,7 +80,10 @@ def main(argv: list[str] | None = None) -> int:
   p.add_argument("--splits", default="", help="comma-separated; default: the run's eval splits")
   a = p.parse_args(argv)
   enable_compilation_cache()
-  result = run(evaluate_workdir, a.workdir, a.step, [s for s in a.splits.split(",") if s])
+  try:
+    result = evaluate_workdir(a.workdir, a.step, [s for s in a.splits.split(",") if s])
+  except UserError as e:
+    return error(str(e))
   print(json.dumps(result, indent=2))
   print(f"wrote {a.workdir / 'evaluation.json'}")
   return 0
