@@ -20,8 +20,13 @@ import optax
 from metricattn.errors import UserError
 
 
+# Batch entries a classifier takes besides `x`: a set mask (IPN), or a graph and the faces
+# whose labels are predicted (mesh segmentation).
+MODEL_INPUTS = ("mask", "receivers", "senders", "faces")
+
+
 def _classify(model, batch, *, train: bool, rngs):
-  kwargs = {"mask": batch["mask"]} if "mask" in batch else {}
+  kwargs = {k: batch[k] for k in MODEL_INPUTS if k in batch}
   return model(batch["x"], train=train, rngs=rngs, **kwargs)
 
 
@@ -32,8 +37,12 @@ class Classification:
     logits = _classify(model, batch, train=train, rngs=rngs)
     losses = optax.softmax_cross_entropy_with_integer_labels(
         logits.astype(jnp.float32), batch["y"])
-    acc = jnp.mean(jnp.argmax(logits, -1) == batch["y"])
-    loss = jnp.mean(losses)
+    correct = jnp.argmax(logits, -1) == batch["y"]
+    if "weight" in batch:  # padded targets (meshes of different sizes) weigh 0
+      w = batch["weight"] / jnp.maximum(jnp.sum(batch["weight"]), 1.0)
+      loss, acc = jnp.sum(w * losses), jnp.sum(w * correct)
+    else:
+      acc, loss = jnp.mean(correct), jnp.mean(losses)
     return loss, {"loss": loss, "accuracy": acc}
 
   def eval_sums(self, model, batch):

@@ -121,11 +121,26 @@ class Attention(nnx.Module):
     else:
       o = attn_lib.l2_attention(q, k, v, mask=mask, scale=self.scale, k_sqnorm=k_sqnorm,
                                 k_centre=k_centre)
+    return self.combine(o)
+
+  def combine(self, o: jax.Array) -> jax.Array:
+    """Heads to features: [..., heads, v_dim] -> [..., out] (mean of the heads without a value
+    projection, else concatenated), then the output projection."""
     if self.v_proj is None:
       o = jnp.mean(o, axis=-2)
     else:
       o = o.reshape(*o.shape[:-2], -1)
     return self.out_proj(o) if self.out_proj is not None else o
+
+  def graph(self, x: jax.Array, receivers: jax.Array, senders: jax.Array) -> jax.Array:
+    """Graph-masked self-attention over one graph, with no [nodes, nodes] array: x [nodes, in],
+    receivers/senders int32 [edges] (node receivers[e] attends to node senders[e]) ->
+    [nodes, out]. Same projections and logits as __call__ with the adjacency as mask."""
+    from metricattn.attention.graph import graph_attention
+    q, k, v = self.queries(x[None])[0], self.keys(x[None])[0], self.values(x[None])[0]
+    o = graph_attention(q, k, v, receivers, senders, distance=self.kind != "softmax",
+                        scale=self.scale)
+    return self.combine(o)
 
   def __call__(self, x: jax.Array, y: jax.Array | None = None,
                mask: jax.Array | None = None) -> jax.Array:

@@ -18,6 +18,10 @@ batches may add `weight` (float32 [batch]; 0 for padding or context examples tha
 scored) and, for set models such as the IPN, `mask` (bool [batch, batch]; which example may
 attend to which).
 
+Mesh segmentation batches hold a padded graph of a few meshes: `x` [nodes, features],
+`receivers`/`senders` [edges], `faces` [faces, 3], per-face `y` and `weight` (see
+metricattn/data/mesh_seg.py).
+
 Translation batches hold int32 `src`, `tgt_in`, `tgt_out` (see metricattn/data/translation.py).
 """
 
@@ -27,7 +31,7 @@ from metricattn.errors import UserError
 
 IMAGE_NAMES = ("mnist", "fashion_mnist", "cifar10", "digits")  # metricattn.data.images
 TRANSLATION_NAMES = ("multi30k", "synthetic_translation")  # metricattn.data.translation
-NAMES = ("moons", *IMAGE_NAMES, *TRANSLATION_NAMES)
+NAMES = ("moons", *IMAGE_NAMES, *TRANSLATION_NAMES, "mesh_seg")
 
 
 def get_dataset(config):
@@ -44,4 +48,7 @@ def get_dataset(config):
   if name == "synthetic_translation":
     from metricattn.data.synthetic_translation import SyntheticTranslation
     return SyntheticTranslation(config)
+  if name == "mesh_seg":
+    from metricattn.data.mesh_seg import MeshSegData
+    return MeshSegData(config)
   raise UserError(f"unknown dataset {name!r}; allowed: {', '.join(NAMES)}")

@@ -30,10 +30,14 @@ class PropagationBlock(nnx.Module):
     self.norm = nnx.LayerNorm(width, rngs=rngs) if layer_norm else None
     self.residual = residual
 
-  def __call__(self, h: jax.Array, mask: jax.Array | None) -> jax.Array:
-    """h [1, n, width], mask [n, n] or None."""
+  def __call__(self, h: jax.Array, mask: jax.Array | None, graph=None) -> jax.Array:
+    """h [1, n, width], mask [n, n] or None; or `graph` = (receivers, senders) [edges]: the
+    sparse graph-masked path (attention only along edges, no [n, n] array)."""
     x = self.norm(h) if self.norm is not None else h
-    out = self.attn(x, mask=None if mask is None else mask[None, None])
+    if graph is not None:
+      out = self.attn.graph(x[0], *graph)[None]
+    else:
+      out = self.attn(x, mask=None if mask is None else mask[None, None])
     return h + out if self.residual else out
 
 
@@ -51,13 +55,19 @@ class IPN(nnx.Module):
         for _ in range(depth)])
     self.head = nnx.Linear(width, num_classes, rngs=rngs)
 
-  def __call__(self, x: jax.Array, mask: jax.Array | None = None, *, train: bool = False,
-               rngs=None) -> jax.Array:
+  def __call__(self, x: jax.Array, mask: jax.Array | None = None, *, receivers=None,
+               senders=None, faces=None, train: bool = False, rngs=None) -> jax.Array:
+    """With `receivers`/`senders` [edges] the blocks attend along the graph's edges only (the
+    paper's mesh segmentation); with `faces` int32 [faces, 3] the logits are per face, from
+    the mean of its three vertices' features after the last block (the paper's fixed
+    aggregation)."""
     del train, rngs  # no dropout in the IPN
+    graph = None if receivers is None else (receivers, senders)
     h = self.embed(x.reshape(x.shape[0], -1))[None]
     for block in self.blocks:
-      h = block(h, mask)
-    return self.head(h[0])
+      h = block(h, mask, graph)
+    h = h[0] if faces is None else h[0][faces].mean(axis=1)
+    return self.head(h)
 
 
 def from_config(m, info: dict, rngs: nnx.Rngs) -> IPN:

@@ -1,0 +1,94 @@
+"""Human-mesh segmentation (the paper's third IPN task, Maron et al. 2017): a batch is a few
+meshes as one graph, and the model labels every face with one of 8 body parts.
+
+Source (`config.data.source`): `procedural` (metricattn.data.meshes: bodies generated from a
+seed, cached on first use; offline) or `maron` (the real set in DiffusionNet's layout under
+`config.data.data_dir`). Features (`config.data.features`): `hks` or `xyz`.
+
+Batch layout (one compiled shape for every batch, train and test): the `batch_size` meshes
+of a batch are one disjoint graph, padded to the largest meshes of the data set; node
+`nodes - 1` is a padding node that only attends to itself.
+  x          float32 [nodes, features]   vertex features (0 for padding)
+  receivers  int32 [edges]                node receivers[e] attends to node senders[e]
+  senders    int32 [edges]                (mesh edges both ways, plus self-loops)
+  faces      int32 [faces, 3]             vertex ids of each face (padding: the padding node)
+  y          int32 [faces]                part label of each face
+  weight     float32 [faces]              1 for real faces, 0 for padding
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from metricattn.data import meshes
+from metricattn.data.sampling import batch_indices
+from metricattn.errors import UserError
+
+SOURCES = ("procedural", "maron")
+
+
+def load(config, split: str) -> meshes.MeshSet:
+  d = config.data
+  if d.source == "procedural":
+    return meshes.load_split(split, d.features, seed=d.seed, num_train=d.num_train,
+                             num_test=d.num_test)
+  if d.source == "maron":
+    from metricattn.data import maron
+    return maron.load_split(d.data_dir, split, d.features)
+  raise UserError(f"unknown mesh data source {d.source!r}; allowed: {', '.join(SOURCES)}")
+
+
+class MeshSegData:
+  """Per-face classification of meshes; batches are padded disjoint unions of meshes."""
+
+  eval_splits = ("test",)
+
+  def __init__(self, config):
+    self.seed, self.batch_size = int(config.seed), int(config.data.batch_size)
+    self.splits = {s: load(config, s) for s in ("train", "test")}
+    every = [m for s in self.splits.values() for m in zip(s.features, s.faces, s.receivers)]
+    self.max_verts = max(len(f) for f, _, _ in every)
+    self.max_faces = max(len(fa) for _, fa, _ in every)
+    self.max_edges = max(len(r) for _, _, r in every)
+    num_train = len(self.splits["train"].faces)
+    if not 0 < self.batch_size <= num_train:
+      raise UserError(f"data.batch_size {self.batch_size} must be in 1..{num_train} (the "
+                      "training meshes)")
+    self.info = {"num_classes": meshes.NUM_CLASSES,
+                 "input_shape": (every[0][0].shape[1],), "graph": True}
+
+  def batch(self, split: str, ids) -> dict:
+    """The meshes `ids` of `split` as one padded graph (see the module docstring)."""
+    s, b = self.splits[split], self.batch_size
+    nodes = b * self.max_verts + 1
+    pad = nodes - 1
+    x = np.zeros((nodes, self.info["input_shape"][0]), np.float32)
+    receivers = np.full(b * (self.max_edges + self.max_verts) + 1, pad, np.int32)
+    senders = receivers.copy()
+    faces = np.full((b * self.max_faces, 3), pad, np.int32)
+    y = np.zeros(b * self.max_faces, np.int32)
+    weight = np.zeros(b * self.max_faces, np.float32)
+    v0 = e0 = f0 = 0
+    for i in ids:
+      feats, nv = s.features[i], len(s.features[i])
+      self_loops = np.arange(nv, dtype=np.int32)
+      r = np.concatenate([s.receivers[i], self_loops]) + v0
+      t = np.concatenate([s.senders[i], self_loops]) + v0
+      x[v0:v0 + nv] = feats
+      receivers[e0:e0 + len(r)], senders[e0:e0 + len(t)] = r, t
+      nf = len(s.faces[i])
+      faces[f0:f0 + nf] = s.faces[i] + v0
+      y[f0:f0 + nf] = s.face_labels[i]
+      weight[f0:f0 + nf] = 1.0
+      v0, e0, f0 = v0 + nv, e0 + len(r), f0 + nf
+    return {"x": x, "receivers": receivers, "senders": senders, "faces": faces, "y": y,
+            "weight": weight}
+
+  def train_batch(self, step: int) -> dict:
+    n = len(self.splits["train"].faces)
+    return self.batch("train", batch_indices(n, self.batch_size, self.seed, step))
+
+  def eval_batches(self, split: str):
+    n = len(self.splits[split].faces)
+    for start in range(0, n, self.batch_size):
+      yield self.batch(split, range(start, min(start + self.batch_size, n)))
