@@ -17,11 +17,11 @@ Choices the paper leaves open (the same for all three kinds):
     run seed; cached in $METRICATTN_DATA/meshes or ~/.cache/metricattn/meshes). `maron` reads
     the real set from data.data_dir (DiffusionNet's layout).
   - Features: heat kernel signature (16 times, 64 eigenpairs of the cotangent Laplacian).
-  - IPN width 64, depth 4, one head; blocks H_new = S H_old with no value/output projection,
+  - IPN width 64, depth 2, one head; blocks H_new = S H_old with no value/output projection,
     residual or layer norm; each vertex attends to its mesh neighbours and itself (the sparse
     graph kernel, metricattn.attention.graph_attention).
   - Logit scale 1/sqrt(d_Q) (`model.scale=1.0` is the paper's Algorithm 1).
-  - 4 meshes per step (one graph), 1,000 steps (about 10 epochs).
+  - 2 meshes per step (one graph), 1,000 steps (about 5 epochs).
 """
 
 import ml_collections
@@ -31,12 +31,12 @@ from metricattn.config_utils import parse_arg
 
 def get_config(arg=None):
   arg = parse_arg(arg, attention="metric", features="hks", source="procedural", steps=1000,
-                  depth=4)
+                  depth=2)
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.task = "classification"
   c.data = dict(name="mesh_seg", source=arg.source, features=arg.features, seed=0,
-                num_train=380, num_test=20, data_dir="", batch_size=4)
+                num_train=380, num_test=20, data_dir="", batch_size=2)
   c.model = dict(name="ipn", attention=arg.attention, width=64, depth=arg.depth, num_heads=1,
                  qk_dim=64, d_mlp=64, scale=ml_collections.FieldReference(None, field_type=float),
                  residual=False, layer_norm=False, projections=False)

@@ -68,7 +68,7 @@ def sweep_args(exp: registry.Experiment, budget: str, root: Path,
   b = exp.budget(budget)
   config = os.path.relpath(config_path(exp)) + exp.config_arg(budget)[len(exp.config):]
   args = [f"--config={config}", "--grid",
-          f"attention={','.join(exp.kinds)}", "--seeds", f"0:{b.seeds}", "--root", str(root),
+          f"attention={','.join(exp.kinds_of(budget))}", "--seeds", f"0:{b.seeds}", "--root", str(root),
           "--jobs", str(jobs or b.jobs)]
   if b.overrides:
     args += ["--set", *b.overrides]
@@ -79,7 +79,7 @@ def record(root: Path, exp: registry.Experiment, budget: str, sweep: list[str],
            command: str) -> dict:
   """Writes ROOT/experiment.json; refuses a root that holds another definition."""
   b = exp.budget(budget)
-  definition = {"config": exp.config_arg(budget), "kinds": list(exp.kinds),
+  definition = {"config": exp.config_arg(budget), "kinds": list(exp.kinds_of(budget)),
                 "seeds": b.seeds, "overrides": list(b.overrides), "vmap_seeds": exp.vmap_seeds}
   path = root / "experiment.json"
   if path.exists():
@@ -118,7 +118,7 @@ def run(name: str, budget: str, root: Path | None, jobs: int | None,
   exp = registry.get(name)
   exp.budget(budget)
   root = root or Path("runs/experiments") / name / budget
-  preflight(load_config(exp, budget, exp.kinds[0]))
+  preflight(load_config(exp, budget, exp.kinds_of(budget)[0]))
   sweep = sweep_args(exp, budget, root, jobs)
   meta = record(root, exp, budget, sweep, command)
   print(f"experiment {name}, budget {budget}: {meta['sweep']}", flush=True)

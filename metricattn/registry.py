@@ -30,6 +30,7 @@ class Budget:
   jobs: int = 1
   note: str = ""
   robustness_args: tuple[str, ...] = ()   # appended to the experiment's
+  kinds: tuple[str, ...] = ()              # this budget's attention kinds, if not the experiment's
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +52,10 @@ class Experiment:
       raise UserError(f"experiment {self.name} has no budget {name!r}; allowed: "
                       f"{', '.join(self.budgets)}")
     return self.budgets[name]
+
+  def kinds_of(self, budget: str) -> tuple[str, ...]:
+    """The attention kinds `budget` runs: its own, else the experiment's."""
+    return self.budget(budget).kinds or self.kinds
 
   def config_arg(self, budget: str) -> str:
     """`configs/x.py:a=1,b=2` with the shared and the budget's arguments."""
@@ -134,6 +139,28 @@ EXPERIMENTS = {e.name: e for e in [
             "quick": Budget("steps=400", seeds=5, jobs=2,
                             note="400 steps (the config's default), 5 seeds"),
             "test": Budget("steps=20", ("train.eval_every=10", "train.checkpoint_every=10"),
+                           seeds=2, note="tests only")}),
+    Experiment(
+        name="mesh_seg",
+        title="Human-mesh segmentation, IPN with graph-masked attention (paper Fig. 5, "
+              "procedural bodies)",
+        config="configs/mesh_seg.py", metric="test/accuracy", target=0.8, vmap_seeds=True,
+        budgets={
+            "full": Budget("steps=4000", note="4,000 steps of 2 meshes (about 20 epochs), 10 "
+                           "seeds vmapped per kind"),
+            "quick": Budget("steps=400", seeds=3,
+                            note="400 steps of 2 meshes (about 2 epochs), 3 seeds vmapped "
+                                 "per kind; offline (the generator)"),
+            "pointwise": Budget("steps=400,depth=0", seeds=3, kinds=("softmax",),
+                                note="the point-wise baseline of `quick`: no propagation "
+                                     "(depth 0), the same features, embedding and head; the "
+                                     "attention kind is unused"),
+            "paper_scale": Budget("steps=400", ("model.scale=1.0",), seeds=3,
+                                  note="`quick` with the paper's logit scale 1 (Algorithm "
+                                       "1) instead of 1/sqrt(d_Q)"),
+            "test": Budget("steps=4", ("data.num_train=8", "data.num_test=4",
+                                       "data.batch_size=2", "train.log_every=2",
+                                       "train.eval_every=4", "train.checkpoint_every=2"),
                            seeds=2, note="tests only")}),
     Experiment(
         name="vit_fashion_mnist", title="Fashion-MNIST, ViT (ours)",

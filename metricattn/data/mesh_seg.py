@@ -33,8 +33,8 @@ def load(config, split: str) -> meshes.MeshSet:
     return meshes.load_split(split, d.features, seed=d.seed, num_train=d.num_train,
                              num_test=d.num_test)
   if d.source == "maron":
-    from metricattn.data import maron
-    return maron.load_split(d.data_dir, split, d.features)
+    from metricattn.data.maron import load_maron
+    return load_maron(split, d.features, root=d.data_dir or None)
   raise UserError(f"unknown mesh data source {d.source!r}; allowed: {', '.join(SOURCES)}")
 
 
