@@ -6,7 +6,8 @@
 
 Steps: check the config and the data; record the definition in ROOT/experiment.json; run the
 sweep (attention kinds x seeds; seeds vmapped in one program where the experiment says so);
-for image classifiers, the robustness evaluation (`metricattn.robustness`); then
+for image classifiers, the robustness evaluation (`metricattn.robustness`); the experiment's
+own figure where it has one (`Experiment.figure`: ROOT/segmentation.png for mesh_seg); then
 ROOT/report.md with its figures (`metricattn.report`). Every step skips finished work, so
 after an interrupt the same command finishes the experiment. `--results DIR` copies the
 report and its figures to DIR. Run it from the repository root (configs and data
@@ -16,6 +17,7 @@ directories are relative to it).
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import shlex
@@ -32,7 +34,12 @@ from metricattn.runs import write_atomic
 
 REPO = Path(__file__).resolve().parents[1]
 OUTPUTS = ("report.md", "report.json", "curves.png", "violin.png", "robustness.md",
-           "robustness.json", "robustness.png")
+           "robustness.json", "robustness.png", "segmentation.png")
+# The experiment's own figure (Experiment.figure): file in ROOT, alt text, report caption.
+FIGURE = ("segmentation.png", "segmentation of 4 test meshes, seed 0",
+          "Face labels of the first 4 test meshes, front view: the ground truth (top row) and "
+          "the predictions of seed 0 of each group (one row per group); each panel's title "
+          "gives that mesh's face accuracy.")
 
 
 def config_path(exp: registry.Experiment) -> Path:
@@ -110,6 +117,14 @@ def copy_results(root: Path, results: Path) -> None:
       shutil.copy2(root / name, results / name)
 
 
+def draw_figure(spec: str, root: Path) -> tuple[str, str, str]:
+  """Calls the "module:function" `spec` with (root, ROOT/FIGURE file); returns FIGURE."""
+  module, _, function = spec.partition(":")
+  getattr(importlib.import_module(module), function)(root, root / FIGURE[0])
+  print(f"wrote {root / FIGURE[0]}")
+  return FIGURE
+
+
 def run(name: str, budget: str, root: Path | None, jobs: int | None,
         results: Path | None, command: str, robust: bool = True) -> int:
   from metricattn.report import write_report
@@ -132,7 +147,8 @@ def run(name: str, budget: str, root: Path | None, jobs: int | None,
     args = [*exp.robustness_args, *exp.budget(budget).robustness_args]
     if robustness.main([f"--workdir={root}", *args]) != 0:
       raise UserError(f"the robustness evaluation of {root} failed")
-  write_report(root, experiment=meta)
+  more = [draw_figure(exp.figure, root)] if exp.figure else []
+  write_report(root, experiment=meta, more_figures=more)
   print(f"wrote {root / 'report.md'}")
   print(f"experiment {name}, budget {budget}: done in {time.perf_counter() - t0:.0f} s")
   if results:

@@ -46,6 +46,7 @@ class Experiment:
   vmap_seeds: bool = False
   robustness: bool = False         # also run metricattn.robustness after training
   robustness_args: tuple[str, ...] = ()
+  figure: str = ""                 # "module:function" of (root, path): draws ROOT/segmentation.png
 
   def budget(self, name: str) -> Budget:
     if name not in self.budgets:
@@ -145,6 +146,7 @@ EXPERIMENTS = {e.name: e for e in [
         title="Human-mesh segmentation, IPN with graph-masked attention (paper Fig. 5, "
               "procedural bodies)",
         config="configs/mesh_seg.py", metric="test/accuracy", target=0.8, vmap_seeds=True,
+        figure="metricattn.mesh_figure:segmentation_figure",
         budgets={
             "full": Budget("steps=4000", note="4,000 steps of 2 meshes (about 20 epochs), 10 "
                            "seeds vmapped per kind"),

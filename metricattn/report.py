@@ -315,8 +315,10 @@ def write_figures(root: Path, runs_by_group: dict[str, list[dict]], metric: str,
 
 
 def render(root: Path, runs: list[dict], *, target: float | None = None,
-           experiment: dict | None = None, figures: bool = True) -> tuple[str, dict]:
-  """(report.md text, report.json content); writes the figures when `figures`."""
+           experiment: dict | None = None, figures: bool = True,
+           more_figures: list[tuple[str, str, str]] = ()) -> tuple[str, dict]:
+  """(report.md text, report.json content); writes the figures when `figures`;
+  `more_figures` (file in root, alt text, caption) are listed after them."""
   metric = headline_metric(runs)
   runs_by_group = group_runs(runs)
   groups = {n: group_stats(rs, metric, target) for n, rs in runs_by_group.items()}
@@ -340,7 +342,8 @@ def render(root: Path, runs: list[dict], *, target: float | None = None,
   if figures:
     title = f"{experiment_title(root, experiment)}: {metric}"
     lines += ["## Figures", ""]
-    for file, alt, caption in write_figures(root, runs_by_group, metric, title):
+    for file, alt, caption in [*write_figures(root, runs_by_group, metric, title),
+                               *more_figures]:
       lines += [f"![{alt}]({file})", "", caption, ""]
   lines += robustness_lines(root)
   lines += ["## Per seed", "", *per_seed_table(groups, runs_by_group, metric)]
@@ -356,16 +359,18 @@ def render(root: Path, runs: list[dict], *, target: float | None = None,
   return "\n".join(lines) + "\n", data
 
 
-def write_report(root: Path, *, target: float | None = None,
-                 experiment: dict | None = None) -> str:
-  """Writes ROOT/report.md, report.json and the figures; returns the markdown."""
+def write_report(root: Path, *, target: float | None = None, experiment: dict | None = None,
+                 more_figures: list[tuple[str, str, str]] = ()) -> str:
+  """Writes ROOT/report.md, report.json and the figures; returns the markdown.
+  `more_figures`: (file in root, alt text, caption) of figures drawn elsewhere."""
   runs = load_runs(root)
   if not runs:
     raise FileNotFoundError(f"no finished runs (summary.json) under {root}")
   experiment = experiment or load_experiment(root)
   if target is None and experiment:
     target = experiment.get("target")
-  text, data = render(root, runs, target=target, experiment=experiment)
+  text, data = render(root, runs, target=target, experiment=experiment,
+                      more_figures=more_figures)
   write_atomic(root / "report.md", text)
   write_atomic(root / "report.json", json.dumps(data, indent=2) + "\n")
   return text

@@ -46,3 +46,14 @@ def test_readme_command_exists_and_its_flags_are_known(cmd):
   for flag in re.findall(r"(?:^|\s)(--[a-z_-]+)", cmd):
     if not flag.startswith("--config."):
       assert flag in out.stdout, f"{words[2]} does not know {flag}"
+
+
+def test_docs_tables_are_made_from_the_committed_reports():
+  """Every `<!-- table results/NAME -->` block equals what scripts/docs_tables.py makes from
+  results/NAME/report.json: no result table in docs/ is typed by hand or out of date."""
+  from docs_tables import BLOCK, table
+  blocks = [m for page in sorted((ROOT / "docs").glob("*.md"))
+            for m in BLOCK.finditer(page.read_text())]
+  assert len(blocks) >= 3
+  for m in blocks:
+    assert m.group(3) == table(m.group(2)), f"stale table of {m.group(2)}: run scripts/docs_tables.py"
