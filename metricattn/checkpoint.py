@@ -11,6 +11,7 @@ import logging
 import os
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import jax
@@ -69,14 +70,18 @@ class Checkpointer:
     import shutil
     with quiet_orbax_log():
       steps = sorted(self.manager.all_steps(), reverse=True)
-    unreadable = []
-    for step in steps:
-      try:
-        with quiet_orbax_log():
-          state, meta = self.restore(step, target)
-      except CorruptCheckpoint as e:
-        unreadable.append((step, e))
-        continue
+    unreadable, found = [], None
+    with quiet_tracebacks() as quiet:
+      for step in steps:
+        try:
+          with quiet_orbax_log():
+            found = (step, *self.restore(step, target))
+          break
+        except CorruptCheckpoint as e:
+          unreadable.append((step, e))
+      quiet.failed = bool(unreadable)
+    if found:
+      step, state, meta = found
       for bad, e in unreadable:  # only now that a readable one is found
         aside = self.directory.parent / "corrupt_checkpoints" / str(bad)
         while aside.exists():
@@ -87,7 +92,7 @@ class Checkpointer:
             f"step {step}, the newest readable checkpoint")
       if unreadable:
         self.manager.reload()
-      return step, state, meta
+      return found
     if unreadable:
       raise unreadable[0][1]
     return 0, None, None
@@ -133,28 +138,32 @@ def quiet_orbax_log():
     logger.setLevel(level)
 
 
-@contextlib.contextmanager
-def quiet_tracebacks():
-  """When the block fails, drops what orbax's reader threads printed straight to file
-  descriptor 2 meanwhile (for an unreadable checkpoint, about 300 interleaved lines of
-  'Event loop is closed' tracebacks): the caller reports the failure in one line. When the
-  block succeeds, its output is passed on."""
-  sys.stderr.flush()
-  saved = os.dup(2)
-  failed = True
-  with tempfile.TemporaryFile(mode="w+") as tmp:
-    os.dup2(tmp.fileno(), 2)
-    try:
-      yield
-      failed = False
-    finally:
-      sys.stderr.flush()
-      os.dup2(saved, 2)
-      os.close(saved)
-      tmp.seek(0)
-      text = tmp.read()
-      if text and not failed:
-        sys.stderr.write(text)
+class quiet_tracebacks:
+  """Holds back what is printed straight to file descriptor 2 inside the block: orbax's
+  reader threads print about 300 interleaved 'Event loop is closed' tracebacks when a
+  checkpoint is unreadable, some after the read has failed. When the block fails (an
+  exception, or `failed` set), the held-back output is dropped after a short grace period for
+  those threads, and the caller reports the failure in one line; otherwise it is passed on."""
+
+  def __enter__(self):
+    sys.stderr.flush()
+    self.failed, self.saved = False, os.dup(2)
+    self.tmp = tempfile.TemporaryFile(mode="w+")
+    os.dup2(self.tmp.fileno(), 2)
+    return self
+
+  def __exit__(self, kind, *rest):
+    self.failed = self.failed or kind is not None
+    if self.failed:
+      time.sleep(0.5)
+    sys.stderr.flush()
+    os.dup2(self.saved, 2)
+    os.close(self.saved)
+    self.tmp.seek(0)
+    text = self.tmp.read()
+    self.tmp.close()
+    if text and not self.failed:
+      sys.stderr.write(text)
 
 
 def _shapes_by_path(tree) -> dict[str, tuple]:
