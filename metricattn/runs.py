@@ -3,7 +3,9 @@
 A run's workdir holds config.json (the config it trains with), metrics.jsonl (one record per
 logged step and evaluation), summary.json (written once, when the run has finished),
 checkpoints/ (orbax; for vmapped seeds the group directory holds them and each seed has
-its own workdir `seed=N/`) and log.txt when a sweep started it.
+its own workdir `seed=N/`), log.txt when a sweep started it, .lock (the pid training in it),
+config_changes.jsonl (settings changed on resume) and corrupt_checkpoints/ (unreadable
+checkpoints moved aside, never deleted).
 """
 
 from __future__ import annotations
@@ -21,6 +23,9 @@ def write_atomic(path: str | Path, text: str) -> None:
   try:
     with os.fdopen(fd, "w") as f:
       f.write(text)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # as open() would have made it (mkstemp makes 0600)
     os.replace(tmp, path)
   except BaseException:
     Path(tmp).unlink(missing_ok=True)
