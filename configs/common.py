@@ -18,3 +18,20 @@ def transformer(attention: str, **sizes) -> dict:
   if unknown:
     raise UserError(f"unknown Transformer fields {sorted(unknown)}; allowed: {', '.join(model)}")
   return {**model, **sizes}
+
+
+def ipn(attention: str, *, width: int, depth: int, qk_dim: int, d_mlp: int) -> dict:
+  """`config.model` of the paper's IPN (metricattn/models/ipn.py): one head, blocks
+  H_new = S H_old with no value/output projection, residual or layer norm, logit scale
+  1/sqrt(d_Q) unless `model.scale` is set (1.0 is the paper's Algorithm 1)."""
+  return dict(name="ipn", attention=attention, width=width, depth=depth, num_heads=1,
+              qk_dim=qk_dim, d_mlp=d_mlp,
+              scale=ml_collections.FieldReference(None, field_type=float),
+              residual=False, layer_norm=False, projections=False)
+
+
+def adam(lr: float, weight_decay: float) -> dict:
+  """`config.optimizer`: Adam with L2 weight decay added to the gradient (PyTorch's
+  `weight_decay`, as the paper), constant learning rate, no clipping."""
+  return dict(name="adam", lr=lr, weight_decay=weight_decay, b1=0.9, b2=0.999, eps=1e-8,
+              grad_clip=0.0, schedule="constant", warmup_steps=0)

@@ -50,9 +50,13 @@ and the same with dataset=digits, --root runs/ipn-digits; the metric runs:
 All three kinds on both datasets (the sweep and its table): README, "Image track".
 """
 
+from pathlib import Path
+
 import ml_collections
 
-from metricattn.config_utils import parse_arg
+from metricattn.config_utils import load_module, parse_arg
+
+common = load_module(Path(__file__).with_name("common.py"))
 from metricattn.data.images import image_source
 from metricattn.errors import UserError
 
@@ -74,12 +78,8 @@ def get_config(arg=None):
                 download=False, val_size=0 if arg.dataset == "digits" else VAL_SIZE,
                 batch_size=SET_SIZE, augment=False, crop_padding=0)
   c.eval = dict(mode="train_context", batch_size=SET_SIZE, context_size=SET_SIZE)
-  c.model = dict(name="ipn", attention=arg.attention, width=100, depth=2, num_heads=1,
-                 qk_dim=100, d_mlp=100,
-                 scale=ml_collections.FieldReference(None, field_type=float),
-                 residual=False, layer_norm=False, projections=False)
-  c.optimizer = dict(name="adam", lr=1e-4, weight_decay=1e-4, b1=0.9, b2=0.999, eps=1e-8,
-                     grad_clip=0.0, schedule="constant", warmup_steps=0)
+  c.model = common.ipn(arg.attention, width=100, depth=2, qk_dim=100, d_mlp=100)
+  c.optimizer = common.adam(lr=1e-4, weight_decay=1e-4)
   c.train = dict(steps=arg.steps, log_every=min(100, arg.steps),
                  eval_every=min(1000, arg.steps), checkpoint_every=min(1000, arg.steps),
                  keep_checkpoints=2)

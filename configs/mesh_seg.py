@@ -24,9 +24,13 @@ Choices the paper leaves open (the same for all three kinds):
   - 2 meshes per step (one graph), 1,000 steps (about 5 epochs).
 """
 
+from pathlib import Path
+
 import ml_collections
 
-from metricattn.config_utils import parse_arg
+from metricattn.config_utils import load_module, parse_arg
+
+common = load_module(Path(__file__).with_name("common.py"))
 
 
 def get_config(arg=None):
@@ -37,11 +41,8 @@ def get_config(arg=None):
   c.task = "classification"
   c.data = dict(name="mesh_seg", source=arg.source, features=arg.features, seed=0,
                 num_train=380, num_test=20, data_dir="", batch_size=2)
-  c.model = dict(name="ipn", attention=arg.attention, width=64, depth=arg.depth, num_heads=1,
-                 qk_dim=64, d_mlp=64, scale=ml_collections.FieldReference(None, field_type=float),
-                 residual=False, layer_norm=False, projections=False)
-  c.optimizer = dict(name="adam", lr=1e-3, weight_decay=1e-4, b1=0.9, b2=0.999, eps=1e-8,
-                     grad_clip=0.0, schedule="constant", warmup_steps=0)
+  c.model = common.ipn(arg.attention, width=64, depth=arg.depth, qk_dim=64, d_mlp=64)
+  c.optimizer = common.adam(lr=1e-3, weight_decay=1e-4)
   c.train = dict(steps=arg.steps, log_every=50, eval_every=200, checkpoint_every=500,
                  keep_checkpoints=2)
   c.wandb = dict(mode="disabled", project="metricattn")

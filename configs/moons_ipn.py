@@ -19,9 +19,13 @@ Choices the paper leaves open (the same for all three kinds):
     depend on which other test points share its batch (`batch` is the alternative).
 """
 
+from pathlib import Path
+
 import ml_collections
 
-from metricattn.config_utils import parse_arg
+from metricattn.config_utils import load_module, parse_arg
+
+common = load_module(Path(__file__).with_name("common.py"))
 
 
 def get_config(arg=None):
@@ -31,11 +35,8 @@ def get_config(arg=None):
   c.task = "classification"
   c.data = dict(name="moons", num_train=400, num_test=100, noise=0.2, seed=-1, batch_size=100)
   c.eval = dict(mode="train_context", batch_size=100, context_size=100)
-  c.model = dict(name="ipn", attention=arg.attention, width=16, depth=2, num_heads=1,
-                 qk_dim=10, d_mlp=10, scale=ml_collections.FieldReference(None, field_type=float),
-                 residual=False, layer_norm=False, projections=False)
-  c.optimizer = dict(name="adam", lr=1e-3, weight_decay=1e-4, b1=0.9, b2=0.999, eps=1e-8,
-                     grad_clip=0.0, schedule="constant", warmup_steps=0)
+  c.model = common.ipn(arg.attention, width=16, depth=2, qk_dim=10, d_mlp=10)
+  c.optimizer = common.adam(lr=1e-3, weight_decay=1e-4)
   c.train = dict(steps=arg.steps, log_every=50, eval_every=200, checkpoint_every=500,
                  keep_checkpoints=2)
   c.wandb = dict(mode="disabled", project="metricattn")
