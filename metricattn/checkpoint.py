@@ -21,6 +21,10 @@ from metricattn.errors import UserError
 
 # Orbax logs every save at INFO; keep the console for the run's own progress.
 logging.getLogger("absl").setLevel(logging.WARNING)
+# An unreadable checkpoint leaves orbax's read tasks failed; when Python collects them (often
+# at exit) asyncio logs each as "Task exception was never retrieved" with a traceback. The
+# failure is reported in one line by restore(); the project runs no asyncio code of its own.
+logging.getLogger("asyncio").setLevel(logging.CRITICAL)
 
 
 class CorruptCheckpoint(UserError):
