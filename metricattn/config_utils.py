@@ -41,10 +41,15 @@ def set_override(config, key: str, value) -> None:
   for p in parents:
     node = node.get(p) if isinstance(node, ml_collections.ConfigDict) else None
   if not isinstance(node, ml_collections.ConfigDict) or leaf not in node:
-    close = difflib.get_close_matches(key, dotted_keys(config))
-    hint = f"; did you mean: {', '.join(close)}" if close else ""
-    raise UserError(f"unknown config key {key!r}{hint}")
+    raise unknown_key(config, key)
   node[leaf] = convert(key, value, node[leaf]) if isinstance(value, str) else value
+
+
+def unknown_key(config, key: str) -> UserError:
+  """The error for a dotted `key` that `config` lacks, naming its closest keys."""
+  close = difflib.get_close_matches(key, dotted_keys(config))
+  hint = f"; did you mean: {', '.join(close)}" if close else ""
+  return UserError(f"unknown config key {key!r}{hint}")
 
 
 def load_module(path):

@@ -53,19 +53,16 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 def unknown_override(argv: list[str]) -> None:
   """Fails naming the first `--config.KEY` that the config lacks, with the closest keys."""
-  import difflib
-  from metricattn.config_utils import dotted_keys, load_config_file
+  from metricattn.config_utils import dotted_keys, load_config_file, unknown_key
   path = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
   try:
-    keys = dotted_keys(load_config_file(*path.split(":", 1))) if path else []
+    config = load_config_file(*path.split(":", 1)) if path else None
   except Exception:  # the config itself is broken: the caller's message says so
     return
   for a in argv:
     key = a[len("--config."):].split("=", 1)[0] if a.startswith("--config.") else None
-    if keys and key and key not in keys:
-      close = difflib.get_close_matches(key, keys)
-      fail(f"unknown config key {key!r}" + (f"; did you mean: {', '.join(close)}" if close
-                                            else ""))
+    if config is not None and key and key not in dotted_keys(config):
+      fail(str(unknown_key(config, key)))
 
 
 def main(argv) -> None:

@@ -71,16 +71,11 @@ def load_config(workdir: str | Path):
   return ml_collections.ConfigDict(config)
 
 
-def seed_index(workdir: Path, seed: int, n: int) -> int:
-  """Position of `seed` in a program of `n` vmapped seeds: its rank among the seed=N siblings."""
-  from metricattn.errors import UserError
-  seeds = sorted(int(p.name.split("=", 1)[1]) for p in workdir.parent.glob("seed=*")
-                 if (p / "config.json").exists())
-  if len(seeds) != n or seed not in seeds:
-    raise UserError(f"{workdir.parent / 'checkpoints'} holds {n} vmapped seeds but "
-                    f"{workdir.parent} has seed directories {seeds}: cannot tell which slice "
-                    f"is seed {seed}")
-  return seeds.index(seed)
+def vmapped_seeds(home: Path) -> list[int]:
+  """The seeds trained vmapped in one program under `home` (its seed=N runs), in the order of
+  the stacked checkpoint's seed axis."""
+  return sorted(int(p.name.split("=", 1)[1]) for p in home.glob("seed=*")
+                if (p / "config.json").exists())
 
 
 def checkpoint_home(workdir: str | Path) -> tuple[Path, bool]:
@@ -121,17 +116,17 @@ def restore(workdir: str | Path, step: int | None = None, sharding=None):
     step = steps[-1] if step is None else step
     if step not in steps:
       raise UserError(f"no checkpoint at step {step} in {ckpt.directory}; kept: {steps}")
-    n = 0
     if stacked:
-      n = len([p for p in home.glob("seed=*") if (p / "config.json").exists()])
-      params = jax.tree.map(lambda x: np.broadcast_to(x, (n, *x.shape)).copy(), params)
+      seeds = vmapped_seeds(home)
+      params = jax.tree.map(lambda x: np.broadcast_to(x, (len(seeds), *x.shape)).copy(),
+                            params)
     if sharding is not None:
       params = jax.device_put(params, sharding)
     params = ckpt.restore_params(step, params, make_optimizer(config), stacked=stacked)
   finally:
     ckpt.close()
   if stacked:
-    i = seed_index(workdir, int(config.seed), n)
+    i = seeds.index(int(config.seed))
     params = jax.tree.map(lambda x: x[i], params)
   return config, data, task, graphdef, params, step
 
