@@ -40,14 +40,17 @@ Fields (every one is read by the trainer, the data or the model):
   train.steps, .log_every, .eval_every, .checkpoint_every, .keep_checkpoints
   wandb.mode, wandb.project (read when wandb.mode is online or offline)
 
-Runs made (2-core x86_64 CPU, Intel Xeon, JAX 0.10.2, 2026-11-26 13:27-13:29 UTC, nothing
-else running; numbers copied from each workdir's summary.json), with
+Runs made (2-core x86_64 CPU, Intel Xeon, JAX 0.10.2; numbers copied from each workdir's
+summary.json), with
   python -m metricattn.sweep --config=configs/ipn_mnist.py:dataset=fashion_mnist \
       --grid attention=softmax,l2,metric --seeds 0 --root runs/ipn-fmnist --jobs 1
 and the same with dataset=digits, --root runs/ipn-digits; the metric runs:
-    fashion_mnist: test accuracy 0.8447 (val 0.8518), wall 17 s (410 steps/s), 140,110 params.
-    digits: test accuracy 0.9778, wall 13 s (545 steps/s), 68,110 params.
-All three kinds on both datasets (the sweep and its table): README, "Image track".
+    fashion_mnist (rerun at commit c2ef75c, 2026-11-30, other work running): test accuracy
+      0.8447 (val 0.8518), wall 18 s (426 steps/s), 140,110 params; the same accuracies as
+      at commit bd36adb (2026-11-26, nothing else running: wall 17 s, 410 steps/s).
+    digits (commit bd36adb, 2026-11-26 13:27-13:29 UTC, nothing else running): test
+      accuracy 0.9778, wall 13 s (545 steps/s), 68,110 params.
+All three kinds on both datasets (the sweep and its table): docs/results.md.
 """
 
 from pathlib import Path

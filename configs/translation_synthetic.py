@@ -33,19 +33,21 @@ Fields (every one is read by the trainer, the data, the task or the model):
   train.steps, .log_every, .eval_every, .checkpoint_every, .keep_checkpoints
   wandb.mode, wandb.project
 
-Measured on 2026-11-26 on a 2-core x86_64 CPU (Intel Xeon, JAX 0.10.2), shared with other
-jobs (load average about 8), with an empty XLA cache, by
+Measured at commit c2ef75c on 2026-11-30 on a 2-core x86_64 CPU (Intel Xeon, JAX 0.10.2),
+shared with other jobs (load average about 3), with a warm XLA cache, by
   python -m metricattn.sweep --config=configs/translation_synthetic.py \
       --grid attention=softmax,l2,metric --seeds 0 --root runs/synthetic-mt
 (then `python -m metricattn.report runs/synthetic-mt`; the report is in
 results/translation_synthetic/). From each run's summary.json (the step-200
 BLEU from its metrics.jsonl), 400 steps:
   kind     test BLEU  val BLEU  test BLEU at step 200  wall_seconds  of which compile  steps/s
-  softmax  100.0      100.0     98.0                   44.0          12.7              23.6
-  l2       100.0      100.0     93.7                   39.2          12.6              30.5
-  metric   100.0      100.0     89.6                   56.3          17.7              18.9
-The step budget for BLEU > 90 is 400 steps for every kind. On the same machine when it was
-less loaded (load average about 4.7), the metric run took 24.2 s wall (6.3 s compile).
+  softmax  100.0      100.0     98.0                   16.4          4.9               59.2
+  l2       100.0      100.0     99.9                   16.6          5.1               62.6
+  metric   100.0      100.0     87.1                   19.7          6.9               54.1
+The step budget for BLEU > 90 is 400 steps for every kind. The first measurement (commit
+5bbb5eb, 2026-11-26) had step-200 BLEU 98.0 / 93.7 / 89.6: with one seed on a task this
+short, the step-200 BLEU moves by points with trainer changes and the CPU
+(docs/translation.md).
 """
 
 from pathlib import Path
