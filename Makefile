@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 JOBS ?= 2
 
-.PHONY: demo test bench clean-runs fashion-mnist vit-demo ipn-demo bench-vit
+.PHONY: demo test bench clean-runs fashion-mnist l10n vit-demo ipn-demo bench-vit
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,20 @@ fashion-mnist:
 	  { $(SUDO) apt-get update && $(SUDO) apt-get install -y dataset-fashion-mnist; }; \
 	else echo "error: $(FASHION_MNIST) is missing and apt-get is not available; put the" \
 	  "Fashion-MNIST IDX files in a directory and pass --config.data.data_dir=DIR" >&2; exit 1; fi
+
+# Translation track, real language offline: the Debian packages whose German message
+# catalogues make the debian_l10n corpus (configs/l10n_packages.txt), then its fingerprint.
+# Docker images often drop /usr/share/locale (a path-exclude in /etc/dpkg/dpkg.cfg.d/):
+# remove that line and reinstall, or the catalogues stay missing.
+L10N_PACKAGES := $(shell grep -v '^\#' configs/l10n_packages.txt)
+
+l10n: $(STAMP)
+	@if command -v apt-get >/dev/null; then \
+	  $(SUDO) apt-get install -y --no-install-recommends $(L10N_PACKAGES) || \
+	  { $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends $(L10N_PACKAGES); }; \
+	else echo "warning: apt-get is not available; using the catalogues installed" >&2; fi
+	$(PY) -c "from metricattn.data import l10n; f = l10n.fingerprint('de'); \
+	  print(f\"debian_l10n de: {f['pairs']} pairs, sha256 {f['sha256']}, {f['catalogues']} catalogues\")"
 
 # ViT, one epoch of Fashion-MNIST per attention kind (configs/vit_image.py).
 vit-demo: $(STAMP) fashion-mnist

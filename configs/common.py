@@ -35,3 +35,22 @@ def adam(lr: float, weight_decay: float) -> dict:
   `weight_decay`, as the paper), constant learning rate, no clipping."""
   return dict(name="adam", lr=lr, weight_decay=weight_decay, b1=0.9, b2=0.999, eps=1e-8,
               grad_clip=0.0, schedule="constant", warmup_steps=0)
+
+
+TRANSLATION_SCHEDULES = ("paper", "fast")
+DEFAULT_EPOCHS = {"paper": 1000, "fast": 40}
+
+
+def translation_optimizer(schedule: str, per_epoch: int) -> dict:
+  """`config.optimizer` of a translation schedule (configs/multi30k_transformer.py documents
+  both); `per_epoch` is the number of steps in an epoch."""
+  if schedule == "paper":
+    return dict(name="adam", lr=1e-5, weight_decay=5e-4, b1=0.9, b2=0.999, eps=5e-9,
+                grad_clip=1.0, schedule="constant", warmup_steps=0,
+                plateau=dict(factor=0.9, patience=10, start_step=100 * per_epoch + 1,
+                             split="val", metric="loss"))
+  if schedule == "fast":
+    return dict(name="adamw", lr=5e-4, weight_decay=1e-4, b1=0.9, b2=0.98, eps=1e-9,
+                grad_clip=1.0, schedule="warmup_cosine", warmup_steps=1000,
+                plateau=dict(factor=0.0, patience=0, start_step=0, split="val", metric="loss"))
+  raise UserError(f"unknown schedule {schedule!r}; allowed: {', '.join(TRANSLATION_SCHEDULES)}")

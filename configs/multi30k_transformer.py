@@ -89,34 +89,17 @@ import ml_collections
 
 from metricattn.config_utils import load_module, parse_arg, steps_from_epochs
 from metricattn.data.translation import MULTI30K_SIZES
-from metricattn.errors import UserError
 
 common = load_module(Path(__file__).with_name("common.py"))
-
-SCHEDULES = ("paper", "fast")
-DEFAULT_EPOCHS = {"paper": 1000, "fast": 40}
-
-
-def optimizer(schedule: str, per_epoch: int) -> dict:
-  """`config.optimizer` of a schedule; `per_epoch` is the number of steps in an epoch."""
-  if schedule == "paper":
-    return dict(name="adam", lr=1e-5, weight_decay=5e-4, b1=0.9, b2=0.999, eps=5e-9,
-                grad_clip=1.0, schedule="constant", warmup_steps=0,
-                plateau=dict(factor=0.9, patience=10, start_step=100 * per_epoch + 1,
-                             split="val", metric="loss"))
-  return dict(name="adamw", lr=5e-4, weight_decay=1e-4, b1=0.9, b2=0.98, eps=1e-9,
-              grad_clip=1.0, schedule="warmup_cosine", warmup_steps=1000,
-              plateau=dict(factor=0.0, patience=0, start_step=0, split="val", metric="loss"))
-
 
 def get_config(arg=None):
   arg = parse_arg(arg, attention="metric", schedule="paper", epochs=0.0, batch=128,
                   tokenizer="sentencepiece")
-  if arg.schedule not in SCHEDULES:
-    raise UserError(f"unknown schedule {arg.schedule!r}; allowed: {', '.join(SCHEDULES)}")
   num_train = MULTI30K_SIZES["train"]
   per_epoch = steps_from_epochs(1.0, num_train, arg.batch)
-  steps = steps_from_epochs(arg.epochs or DEFAULT_EPOCHS[arg.schedule], num_train, arg.batch)
+  optimizer = common.translation_optimizer(arg.schedule, per_epoch)
+  epochs = arg.epochs or common.DEFAULT_EPOCHS[arg.schedule]
+  steps = steps_from_epochs(epochs, num_train, arg.batch)
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.task = "translation"
@@ -127,7 +110,7 @@ def get_config(arg=None):
                 tokenizer_dir="", batch_size=arg.batch)
   c.eval = dict(batch_size=128, beam_size=1, length_penalty=0.6, max_decode_len=0)
   c.model = common.transformer(arg.attention)  # the paper's
-  c.optimizer = optimizer(arg.schedule, per_epoch)
+  c.optimizer = optimizer
   c.train = dict(steps=steps, log_every=50, eval_every=min(per_epoch, steps),
                  checkpoint_every=min(10 * per_epoch, steps), keep_checkpoints=2)
   c.wandb = dict(mode="disabled", project="metricattn")

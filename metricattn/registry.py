@@ -132,6 +132,25 @@ EXPERIMENTS = {e.name: e for e in [
                             "data.vocab_size=300", "data.max_len=24", "model.max_len=24"),
                            seeds=2, note="tests only")}),
     Experiment(
+        name="l10n_translation",
+        title="Debian message catalogues EN-DE, Transformer (ours: real language offline, "
+              "paper Fig. 6's comparison)",
+        config="configs/l10n_translation.py", metric="test/bleu", target=20.0,
+        budgets={
+            "full": Budget("schedule=paper", note="the paper's 6+6-layer d_model 512 "
+                           "Transformer and optimizer, 1,000 epochs, 10 seeds; GPU time"),
+            "quick": Budget("model=small,schedule=fast,epochs=1,batch=64,evals=4",
+                            ("optimizer.warmup_steps=100",), seeds=2, jobs=2,
+                            note="OURS, not the paper's model: 2+2 layers d_model 128, one "
+                                 "epoch of the `fast` schedule with 100 warm-up steps, 2 "
+                                 "seeds"),
+            "test": Budget("model=small,schedule=fast,epochs=0.1,batch=16,evals=1",
+                           ("model.num_layers=1", "model.d_model=32", "model.qk_dim=32",
+                            "model.d_mlp=16", "model.d_ff=64", "model.num_heads=2",
+                            "data.vocab_size=120", "data.max_len=16", "model.max_len=16",
+                            "optimizer.warmup_steps=2"),
+                           seeds=2, note="tests only")}),
+    Experiment(
         name="translation_synthetic",
         title="Synthetic translation, Transformer (ours: an offline stand-in for Multi30k)",
         config="configs/translation_synthetic.py", metric="test/bleu", target=90.0,

@@ -63,7 +63,8 @@ def load_runs(root: Path) -> list[dict]:
       continue
     parts = [p for p in workdir.relative_to(root).parts if not p.startswith("seed=")]
     runs.append({**summary, "group": "/".join(parts) or ".", "seed": config["seed"],
-                 "workdir": str(workdir), "records": read_jsonl(workdir / "metrics.jsonl")})
+                 "workdir": str(workdir), "records": read_jsonl(workdir / "metrics.jsonl"),
+                 "corpus": config.get("data", {}).get("corpus")})
   return runs
 
 
@@ -214,7 +215,19 @@ def header_lines(root: Path, runs: list[dict], metric: str, target: float | None
             f"- Runs finished: {finished:%Y-%m-%d %H:%M} UTC (the newest summary.json); "
             f"report written: {now}, {writer}",
             f"- {len(runs)} finished runs; headline metric `{metric}` (final evaluation; "
-            f"higher is better); target {fmt(target) if target is not None else 'none'}.", ""]
+            f"higher is better); target {fmt(target) if target is not None else 'none'}."]
+  return lines + corpus_lines(runs) + [""]
+
+
+def corpus_lines(runs: list[dict]) -> list[str]:
+  """The fingerprint of the runs' corpus (data.corpus, as debian_l10n records it)."""
+  corpora = {json.dumps(r["corpus"], sort_keys=True): r["corpus"] for r in runs if r["corpus"]}
+  lines = [f"- Corpus: {c['pairs']:,} pairs ({c['lang']}), sha256 {c['sha256']}, "
+           f"{c['catalogues']} catalogues (unreadable: {c['unreadable'] or 'none'}); "
+           f"packages: {c['packages']}" for c in corpora.values()]
+  if len(lines) > 1:
+    lines.insert(0, f"- **Warning: these runs used {len(lines)} different corpora; results "
+                 "on different corpora are not comparable.**")
   return lines
 
 
@@ -299,16 +312,20 @@ def write_figures(root: Path, runs_by_group: dict[str, list[dict]], metric: str,
                   title: str) -> list[tuple[str, str, str]]:
   """Writes curves.png and violin.png into root; returns (file, alt text, caption)."""
   split, key = metric.split("/")
-  curves = {name: {"loss": [series(r["records"], "train", "loss") for r in rs],
-                   "metric": [series(r["records"], split, key) for r in rs]}
+  panels = [("loss", "train", "loss"), ("metric", split, key)]
+  if any("perplexity" in rec for rs in runs_by_group.values() for r in rs
+         for rec in r["records"] if rec.get("split") == split):
+    panels.insert(1, ("perplexity", split, "perplexity"))
+  curves = {name: {panel: [series(r["records"], s, k) for r in rs] for panel, s, k in panels}
             for name, rs in runs_by_group.items()}
-  plots.plot_curves(curves, [("loss", "training loss"), ("metric", metric)],
-                    root / "curves.png", title)
+  plots.plot_curves(curves, [(p, "training loss" if p == "loss" else f"{s}/{k}")
+                             for p, s, k in panels], root / "curves.png", title)
   plots.plot_violin({n: [r[metric] for r in rs] for n, rs in runs_by_group.items()},
                     f"final {metric}", root / "violin.png", title)
   single = (" Groups of one seed (n = 1, no spread) have a line and no band."
             if any(len(rs) < 2 for rs in runs_by_group.values()) else "")
-  return [("curves.png", "training curves", "Training loss and the headline metric over "
+  shown = "Training loss, perplexity and" if len(panels) == 3 else "Training loss and"
+  return [("curves.png", "training curves", f"{shown} the headline metric over "
            "steps: mean over seeds, band min..max over seeds; markers on curves of "
            f"<= {plots.MARKERS_UP_TO} points." + single),
           ("violin.png", "final metric", f"Final {metric} per group; dots are seeds.")]

@@ -78,7 +78,7 @@ class Translation:
   label-smoothed; evaluation loss is the plain per-token negative log-likelihood, so
   perplexity = exp(loss). host_eval decodes the split (greedy for beam_size 1, else beam
   search, with the key/value cache) and scores sacrebleu corpus BLEU (default 13a
-  tokenisation) of the detokenised output against the raw references.
+  tokenisation) and chrF of the detokenised output against the raw references.
 
   Config fields read (suggested defaults):
     model.label_smoothing  0.0 (the reference) or 0.1
@@ -137,7 +137,9 @@ class Translation:
   def host_eval(self, model, dataset, split):
     import sacrebleu
     hyps = self.translate(model, dataset, split)
-    return {"bleu": sacrebleu.corpus_bleu(hyps, [dataset.references(split)]).score}
+    refs = [dataset.references(split)]
+    return {"bleu": sacrebleu.corpus_bleu(hyps, refs).score,
+            "chrf": sacrebleu.corpus_chrf(hyps, refs).score}
 
 
 TASKS = ("classification", "translation")

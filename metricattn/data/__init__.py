@@ -30,7 +30,7 @@ from __future__ import annotations
 from metricattn.errors import UserError
 
 IMAGE_NAMES = ("mnist", "fashion_mnist", "cifar10", "digits")  # metricattn.data.images
-TRANSLATION_NAMES = ("multi30k", "synthetic_translation")  # metricattn.data.translation
+TRANSLATION_NAMES = ("multi30k", "debian_l10n", "synthetic_translation")  # data.translation, .l10n
 NAMES = ("moons", *IMAGE_NAMES, *TRANSLATION_NAMES, "mesh_seg")
 
 
@@ -45,6 +45,9 @@ def get_dataset(config):
   if name == "multi30k":
     from metricattn.data.translation import Multi30kData
     return Multi30kData(config)
+  if name == "debian_l10n":
+    from metricattn.data.l10n import DebianL10nData
+    return DebianL10nData(config)
   if name == "synthetic_translation":
     from metricattn.data.synthetic_translation import SyntheticTranslation
     return SyntheticTranslation(config)

@@ -200,30 +200,39 @@ def multi30k_texts(d, langs: tuple[str, str]) -> dict[str, tuple[list[str], list
   return out
 
 
+def tokenize_splits(d, texts: dict[str, tuple[list[str], list[str]]], langs: tuple[str, str],
+                    tokenizer_dir: str | Path | None = None):
+  """(split -> (source ids, target ids, target texts), source tokenizer, target tokenizer)
+  from config.data `d`; the tokenizer is trained on the training texts and saved in
+  `tokenizer_dir` (or d.tokenizer_dir), or loaded from there."""
+  tokenizer_dir = tokenizer_dir or d.tokenizer_dir
+  if not tokenizer_dir:
+    raise UserError(f"{d.name} needs a directory to save its tokenizer: set "
+                    "data.tokenizer_dir (the run's workdir)")
+  if d.vocab_size < len(tok.SPECIALS) + 1 or d.min_freq < 1:
+    raise UserError(f"need data.vocab_size > {len(tok.SPECIALS)} and data.min_freq >= 1; "
+                    f"got {d.vocab_size}, {d.min_freq}")
+  size = d.vocab_size if d.tokenizer == "sentencepiece" else d.min_freq
+  spec = tok.tokenizer_spec(d.tokenizer, size, d.shared_vocab)
+  train_src, train_tgt = texts["train"]
+  corpus = ({"joint": train_src + train_tgt} if d.shared_vocab
+            else {langs[0]: train_src, langs[1]: train_tgt})
+  tokenizers = tok.load_or_build(Path(tokenizer_dir), spec, corpus)
+  src_tok = tokenizers["joint" if d.shared_vocab else langs[0]]
+  tgt_tok = tokenizers["joint" if d.shared_vocab else langs[1]]
+  splits = {k: ([src_tok.encode(s) for s in src], [tgt_tok.encode(t) for t in tgt], tgt)
+            for k, (src, tgt) in texts.items()}
+  return splits, src_tok, tgt_tok
+
+
 class Multi30kData(ParallelData):
   """Multi30k Task 1 (see module docstring). `tokenizer_dir` overrides data.tokenizer_dir."""
 
   def __init__(self, config, tokenizer_dir: str | Path | None = None):
     d = config.data
-    tokenizer_dir = tokenizer_dir or d.tokenizer_dir
-    if not tokenizer_dir:
-      raise UserError("Multi30k needs a directory to save its tokenizer: set "
-                      "data.tokenizer_dir (the run's workdir)")
-    if d.vocab_size < len(tok.SPECIALS) + 1 or d.min_freq < 1:
-      raise UserError(f"need data.vocab_size > {len(tok.SPECIALS)} and data.min_freq >= 1; "
-                      f"got {d.vocab_size}, {d.min_freq}")
     langs = (d.src_lang, d.tgt_lang)
-    texts = multi30k_texts(d, langs)
-    size = d.vocab_size if d.tokenizer == "sentencepiece" else d.min_freq
-    spec = tok.tokenizer_spec(d.tokenizer, size, d.shared_vocab)
-    train_src, train_tgt = texts["train"]
-    corpus = ({"joint": train_src + train_tgt} if d.shared_vocab
-              else {langs[0]: train_src, langs[1]: train_tgt})
-    tokenizers = tok.load_or_build(Path(tokenizer_dir), spec, corpus)
-    src_tok = tokenizers["joint" if d.shared_vocab else langs[0]]
-    tgt_tok = tokenizers["joint" if d.shared_vocab else langs[1]]
-    splits = {k: ([src_tok.encode(s) for s in src], [tgt_tok.encode(t) for t in tgt], tgt)
-              for k, (src, tgt) in texts.items()}
+    splits, src_tok, tgt_tok = tokenize_splits(d, multi30k_texts(d, langs), langs,
+                                               tokenizer_dir)
     super().__init__(config, splits, src_tok.vocab_size, tgt_tok.vocab_size,
                      tgt_tok.decode, eval_splits=("val", "test"))
     self.tokenizers = {"src": src_tok, "tgt": tgt_tok}
