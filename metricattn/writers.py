@@ -72,8 +72,11 @@ class MetricWriter:
       mode = reachable_wandb_mode(workdir, self.info)
     if mode != "disabled":
       import wandb  # lazily: heavy, and not needed unless asked for
-      self.wandb = wandb.init(project=config.wandb.project, name=workdir.name, mode=mode,
-                              dir=str(workdir), config=config.to_dict(), resume="allow")
+      # A sweep's trials set wandb.group (the study) and wandb.name (their parameters).
+      self.wandb = wandb.init(project=config.wandb.project, mode=mode,
+                              name=config.wandb.get("name") or workdir.name,
+                              group=config.wandb.get("group"), dir=str(workdir),
+                              config=config.to_dict(), resume="allow")
 
   def write(self, step: int, split: str, metrics: dict) -> None:
     record = {"step": step, "split": split, **{k: float(v) for k, v in metrics.items()}}
