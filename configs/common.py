@@ -13,7 +13,8 @@ def transformer(attention: str, **sizes) -> dict:
                d_model=512, qk_dim=512, d_mlp=512, d_ff=2048, dropout=0.1,
                scale=ml_collections.FieldReference(None, field_type=float), norm="post",
                ln_eps=1e-12, positions="sinusoidal", max_len=256, scale_embeddings=False,
-               share_embeddings=False, tie_output=False, label_smoothing=0.0)
+               share_embeddings=False, tie_output=False, label_smoothing=0.0,
+               implementation=ml_collections.FieldReference(None, field_type=str))
   unknown = set(sizes) - set(model)
   if unknown:
     raise UserError(f"unknown Transformer fields {sorted(unknown)}; allowed: {', '.join(model)}")

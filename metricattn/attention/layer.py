@@ -64,14 +64,17 @@ class Attention(nnx.Module):
     scale: logit scale; None means 1/sqrt(head_dim). 1.0 is the paper's Algorithm 1.
     cross: True for cross-attention (separate query/key projections for l2 and metric).
     use_bias: bias in the projections.
+    implementation: the kernels' implementation, "xla" | "blockwise" | "cudnn", or None to
+      choose per call (see attention/kernels.py).
   """
 
   def __init__(self, in_features: int, *, kind: str, num_heads: int, qk_features: int,
                rngs: nnx.Rngs, kv_features: int | None = None,
                v_features: int | None = None, out_features: int | None = None,
                d_mlp: int = 0, scale: float | None = None, cross: bool = False,
-               use_bias: bool = True):
+               use_bias: bool = True, implementation: str | None = None):
     self.kind = check_kind(kind)
+    self.implementation = attn_lib.check_implementation(implementation)
     if num_heads < 1 or qk_features % num_heads:
       raise UserError(
           f"attention width {qk_features} does not divide into {num_heads} heads; "
@@ -117,10 +120,11 @@ class Attention(nnx.Module):
              k_centre: jax.Array | None = None) -> jax.Array:
     """Kernel plus output projection: [b, q_len, heads, v_dim] -> [b, q_len, out]."""
     if self.kind == "softmax":
-      o = attn_lib.dot_product_attention(q, k, v, mask=mask, scale=self.scale)
+      o = attn_lib.dot_product_attention(q, k, v, mask=mask, scale=self.scale,
+                                         implementation=self.implementation)
     else:
       o = attn_lib.l2_attention(q, k, v, mask=mask, scale=self.scale, k_sqnorm=k_sqnorm,
-                                k_centre=k_centre)
+                                k_centre=k_centre, implementation=self.implementation)
     return self.combine(o)
 
   def combine(self, o: jax.Array) -> jax.Array:
