@@ -206,10 +206,11 @@ def make_workdir(workdir: Path) -> None:
 
 # Settings that cannot change what a run computes up to now: extending or shortening it,
 # logging, evaluation and checkpoint cadence, wandb, the Optuna trial that runs it (a trial
-# retried after its worker died has a new number). Changing them on resume is allowed and
+# retried after its worker died has a new number), how attention is computed (the same
+# function: `model.implementation`, absent in runs older than it). Changing them on resume is allowed and
 # recorded; any other change needs --allow_config_change.
 HARMLESS = ("train.steps", "train.log_every", "train.eval_every", "train.checkpoint_every",
-            "train.keep_checkpoints", "wandb.", "sweep.")
+            "train.keep_checkpoints", "wandb.", "sweep.", "model.implementation")
 CHANGES = "config_changes.jsonl"
 
 
