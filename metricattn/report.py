@@ -213,6 +213,8 @@ def header_lines(root: Path, runs: list[dict], metric: str, target: float | None
               f"({experiment.get('budget_note', '')})",
               f"- Command: `{experiment['command']}`",
               f"- Runs: `{experiment.get('sweep', '')}`"]
+    if experiment.get("anchor"):
+      lines.append(f"- Anchor (published, not ours): {experiment['anchor']}.")
   writer = "by the command above" if experiment else f"by `python -m metricattn.report {root}`"
   last = max((Path(r["workdir"]) / "summary.json").stat().st_mtime for r in runs)
   finished = datetime.datetime.fromtimestamp(last, datetime.timezone.utc)

@@ -35,6 +35,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from metricattn import multihost, runs as runs_lib
+from metricattn.attention.layer import attention_name
 from metricattn.checkpoint import Checkpointer
 from metricattn.data import get_dataset
 from metricattn.errors import Interrupted, UserError
@@ -246,7 +247,7 @@ def summarize(run: Run, meta: dict, n_params: int, seeds_in_program: int,
   for split, m in run.last_eval.items():
     summary.update({f"{split}/{k}": v for k, v in m.items()})
   summary.update(
-      step=int(run.config.train.steps), attention=run.config.model.attention,
+      step=int(run.config.train.steps), attention=attention_name(run.config.model),
       num_params=n_params,
       steps_per_second=(meta["timed_steps"] / meta["train_seconds"]
                         if meta["train_seconds"] else None),

@@ -161,9 +161,12 @@ class FeedForward(nnx.Module):
 
 
 def make_attention(h: ConfigDict, *, cross: bool, rngs: nnx.Rngs) -> Attention:
+  """An attention block; self-attention takes `h.value_map` where the config has one (the
+  encoder classifier's), cross-attention always the linear value map."""
+  value_map = "linear" if cross else h.get("value_map", "linear")
   return Attention(h.d_model, kind=h.attention, num_heads=h.num_heads, qk_features=h.qk_dim,
                    v_features=h.d_model, out_features=h.d_model, d_mlp=h.d_mlp,
-                   scale=h.scale, cross=cross, rngs=rngs,
+                   scale=h.scale, cross=cross, value_map=value_map, rngs=rngs,
                    # .get: the configs of runs made before the field existed lack it
                    implementation=h.get("implementation"))
 
