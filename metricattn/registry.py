@@ -210,10 +210,10 @@ EXPERIMENTS = {e.name: e for e in [
             "full": Budget("size=lra", note="LRA's ListOps setting: 96,000 examples of "
                            "501-1,999 tokens, 6 layers of width 512 with 8 heads, 5,000 "
                            "steps of batch 32 (rsqrt schedule), 10 seeds; one GPU"),
-            "quick": Budget("size=cpu", seeds=3,
+            "quick": Budget("size=cpu", seeds=2, jobs=2,
                             note="OURS, not LRA's setting: 20,000 examples of 51-149 tokens, "
                                  "2 layers of width 64 with 4 heads, 1,500 steps of batch 32, "
-                                 "3 seeds; offline (the generator)"),
+                                 "2 seeds; offline (the generator)"),
             "test": Budget("size=cpu,steps=20",
                            ("data.num_train=64", "data.num_val=16", "data.num_test=16",
                             "data.min_length=8", "data.max_length=40", "data.bucket=8",
