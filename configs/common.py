@@ -3,7 +3,16 @@
 
 import ml_collections
 
+from metricattn.attention.layer import parse_attention
 from metricattn.errors import UserError
+
+
+def attention(name: str) -> dict:
+  """`config.model` fields `attention` (the kind) and `value_map` of a config's `attention=`
+  argument: a kind (softmax, l2, metric; linear value map) or a variant of
+  metricattn.attention.layer.VARIANTS (l2_lipschitz: l2 with Kim et al.'s value map)."""
+  kind, value_map = parse_attention(name)
+  return dict(attention=kind, value_map=value_map)
 
 
 def transformer(attention: str, **sizes) -> dict:
@@ -13,18 +22,21 @@ def transformer(attention: str, **sizes) -> dict:
                d_model=512, qk_dim=512, d_mlp=512, d_ff=2048, dropout=0.1,
                scale=ml_collections.FieldReference(None, field_type=float), norm="post",
                ln_eps=1e-12, positions="sinusoidal", max_len=256, scale_embeddings=False,
-               share_embeddings=False, tie_output=False, label_smoothing=0.0)
+               share_embeddings=False, tie_output=False, label_smoothing=0.0,
+               implementation=ml_collections.FieldReference(None, field_type=str))
   unknown = set(sizes) - set(model)
   if unknown:
     raise UserError(f"unknown Transformer fields {sorted(unknown)}; allowed: {', '.join(model)}")
   return {**model, **sizes}
 
 
-def ipn(attention: str, *, width: int, depth: int, qk_dim: int, d_mlp: int) -> dict:
+def ipn(name: str, *, width: int, depth: int, qk_dim: int, d_mlp: int) -> dict:
   """`config.model` of the paper's IPN (metricattn/models/ipn.py): one head, blocks
   H_new = S H_old with no value/output projection, residual or layer norm, logit scale
-  1/sqrt(d_Q) unless `model.scale` is set (1.0 is the paper's Algorithm 1)."""
-  return dict(name="ipn", attention=attention, width=width, depth=depth, num_heads=1,
+  1/sqrt(d_Q) unless `model.scale` is set (1.0 is the paper's Algorithm 1). `name` is the
+  `attention=` argument (see `attention`); with l2_lipschitz a block is H_new = S H_old A
+  (Kim et al.'s value map in place of the identity value)."""
+  return dict(name="ipn", **attention(name), width=width, depth=depth, num_heads=1,
               qk_dim=qk_dim, d_mlp=d_mlp,
               scale=ml_collections.FieldReference(None, field_type=float),
               residual=False, layer_norm=False, projections=False)

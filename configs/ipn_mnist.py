@@ -4,7 +4,9 @@
       --workdir=runs/ipn-mnist-metric
 
 Config arguments (after `:`):
-  attention  softmax | l2 | metric                                      (default metric)
+  attention  softmax | l2 | metric, or l2_lipschitz (l2 with Kim et al.'s Lipschitz value
+             map, model.value_map=lipschitz: H_new = S H_old A, A = P P^T / sqrt(d_Q), in
+             place of the identity value)                               (default metric)
   dataset    mnist | fashion_mnist | digits                             (default mnist)
   source     idx | tfds | digits; "" = the dataset's default: tfds for mnist, idx (Debian's
              dataset-fashion-mnist, offline) for fashion_mnist, digits for digits (default "")
@@ -32,11 +34,12 @@ Fields (every one is read by the trainer, the data or the model):
   data.name, data.source, data.data_dir, data.download, data.val_size, data.batch_size,
   data.augment, data.crop_padding          (metricattn/data/images.py; no augmentation)
   eval.mode, eval.batch_size, eval.context_size   (metricattn/data/arrays.py)
-  model.name, model.attention, model.width, model.depth, model.num_heads, model.qk_dim,
-  model.d_mlp, model.scale, model.residual, model.layer_norm, model.projections
+  model.name, model.attention, model.value_map, model.width, model.depth, model.num_heads,
+  model.qk_dim, model.d_mlp, model.scale, model.residual, model.layer_norm,
+  model.projections
                                            (metricattn/models/ipn.py)
   optimizer.name, .lr, .weight_decay, .b1, .b2, .eps, .grad_clip, .schedule,
-  .warmup_steps (read by the warmup_cosine schedule only)   (metricattn/optim.py)
+  .warmup_steps (read by the warmup schedules only)   (metricattn/optim.py)
   train.steps, .log_every, .eval_every, .checkpoint_every, .keep_checkpoints
   wandb.mode, wandb.project (read when wandb.mode is online or offline)
 

@@ -3,7 +3,7 @@ graph-masked attention, one label per face (8 body parts).
 
   python -m metricattn.main --config=configs/mesh_seg.py:attention=metric --workdir=runs/mesh-m
 
-Arguments: attention (softmax, l2, metric), features (hks, xyz), source (procedural, maron),
+Arguments: attention (softmax, l2, metric, l2_lipschitz), features (hks, xyz), source (procedural, maron),
 steps, depth (0 gives the point-wise baseline: no propagation, same features and head).
 
 Paper settings (Table 2): Adam with coupled L2 weight decay, lr 1e-3, weight decay 1e-4,

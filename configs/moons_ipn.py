@@ -3,6 +3,11 @@
   python -m metricattn.main --config=configs/moons_ipn.py:attention=metric \
       --workdir=runs/moons-metric-0 --config.seed=0
 
+`attention` is softmax, l2 or metric, or l2_lipschitz: l2 with Kim et al.'s Lipschitz value
+map (model.value_map=lipschitz; a block is H_new = S H_old A with A = P P^T / sqrt(d_Q) in
+place of the identity value; metricattn/attention/layer.py), the robustness row beyond the
+paper.
+
 Paper settings (Table 2): make_moons noise 0.2, 400 train / 100 test, Adam with coupled
 L2 weight decay, lr 1e-3, weight decay 1e-4, d_Q 10, d_mlp 10, tanh in the metric MLP.
 

@@ -5,7 +5,8 @@
       --workdir=runs/vit-fmnist-metric
 
 Config arguments (after `:`):
-  attention  softmax | l2 | metric                                      (default metric)
+  attention  softmax | l2 | metric, or l2_lipschitz (l2 with Kim et al.'s Lipschitz value
+             map, model.value_map=lipschitz)                            (default metric)
   dataset    fashion_mnist | mnist | cifar10 | digits                   (default fashion_mnist)
   source     idx | tfds | digits; "" = the dataset's default: idx (Debian's
              dataset-fashion-mnist, offline) for fashion_mnist, tfds for mnist and cifar10,
@@ -37,8 +38,8 @@ Fields (every one is read by the trainer, the data or the model):
   data.name, data.source, data.data_dir, data.download, data.val_size, data.batch_size,
   data.augment, data.crop_padding          (metricattn/data/images.py)
   eval.mode (plain: images are independent), eval.batch_size
-  model.name, model.variant, model.attention, model.d_mlp, model.scale, model.pool,
-  model.dropout                            (metricattn/models/vit.py)
+  model.name, model.variant, model.attention, model.value_map, model.d_mlp, model.scale,
+  model.pool, model.dropout                (metricattn/models/vit.py)
   optimizer.name, .lr, .weight_decay, .b1, .b2, .eps, .grad_clip, .schedule,
   .warmup_steps                            (metricattn/optim.py)
   train.steps, .log_every, .eval_every, .checkpoint_every, .keep_checkpoints
@@ -51,11 +52,14 @@ c2ef75c). Test accuracy, mean ± std over the 3 seeds (results/vit_fashion_mnist
   softmax 0.8347 ± 0.0033, l2 0.8201 ± 0.0041, metric 0.8181 ± 0.0030; every run above 0.80.
 """
 
+from pathlib import Path
+
 import ml_collections
 
-from metricattn.config_utils import parse_arg, steps_from_epochs
+from metricattn.config_utils import load_module, parse_arg, steps_from_epochs
 from metricattn.data.images import image_source, image_spec
 
+common = load_module(Path(__file__).with_name("common.py"))
 VAL_SIZE = 5000
 DEFAULT_VARIANTS = {"digits": "Mu/2", "cifar10": "Mu/4"}  # 28x28 images: Mu/7
 
@@ -76,8 +80,8 @@ def get_config(arg=None):
                 crop_padding=4)
   c.eval = dict(mode="plain", batch_size=500)
   variant = arg.variant or DEFAULT_VARIANTS.get(arg.dataset, "Mu/7")
-  c.model = dict(name="vit", variant=variant, attention=arg.attention, d_mlp=0, pool="mean",
-                 dropout=0.0,
+  c.model = dict(name="vit", variant=variant, **common.attention(arg.attention), d_mlp=0,
+                 pool="mean", dropout=0.0,
                  scale=ml_collections.FieldReference(None, field_type=float))
   c.optimizer = dict(name="adamw", lr=3e-3, weight_decay=0.05, b1=0.9, b2=0.999, eps=1e-8,
                      grad_clip=1.0, schedule="warmup_cosine", warmup_steps=max(1, steps // 10))

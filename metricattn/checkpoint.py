@@ -2,6 +2,8 @@
 
 A checkpoint holds `state` (params and optimizer state, a pytree) and `meta` (JSON: step,
 timing accumulators, the partial logging window), so a resumed run continues exactly.
+With several processes every process saves and restores its own parts through orbax (which
+writes the shared files from process 0); unreadable checkpoints are moved aside by process 0.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 import jax
 import orbax.checkpoint as ocp
 
+from metricattn import multihost
 from metricattn.errors import UserError
 
 # Orbax logs every save at INFO; keep the console for the run's own progress.
@@ -86,7 +89,8 @@ class Checkpointer:
       quiet.failed = bool(unreadable)
     if found:
       step, state, meta = found
-      for bad, e in unreadable:  # only now that a readable one is found
+      # Only now that a readable one is found; by process 0 for all processes.
+      for bad, e in unreadable if multihost.primary() else []:
         aside = self.directory.parent / "corrupt_checkpoints" / str(bad)
         while aside.exists():
           aside = aside.with_name(aside.name + "+")
@@ -95,6 +99,7 @@ class Checkpointer:
         say(f"warning: {e.args[0].split(';')[0]}; moved it to {aside} and resuming from "
             f"step {step}, the newest readable checkpoint")
       if unreadable:
+        multihost.barrier("corrupt checkpoints moved")
         self.manager.reload()
       return found
     if unreadable:

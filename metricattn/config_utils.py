@@ -11,13 +11,15 @@ import ml_collections
 from metricattn.errors import UserError
 
 
-def convert(key: str, text: str, like):
-  """`text` as a value of `like`'s type (bool: true/false/1/0; None: float)."""
+def convert(key: str, text: str, like, field_type: type | None = None):
+  """`text` as a value of `like`'s type (bool: true/false/1/0), or of `field_type` (a None
+  field's declared type, e.g. str for `model.implementation`); None of unknown type: float."""
   if isinstance(like, bool):
     if text.lower() not in ("true", "false", "1", "0"):
       raise UserError(f"config value {key}={text!r} must be true or false")
     return text.lower() in ("true", "1")
-  kind = float if like is None else type(like)
+  kind = type(like) if like is not None else (
+      field_type if field_type not in (None, type(None)) else float)
   try:
     return kind(text)
   except ValueError:
@@ -42,7 +44,8 @@ def set_override(config, key: str, value) -> None:
     node = node.get(p) if isinstance(node, ml_collections.ConfigDict) else None
   if not isinstance(node, ml_collections.ConfigDict) or leaf not in node:
     raise unknown_key(config, key)
-  node[leaf] = convert(key, value, node[leaf]) if isinstance(value, str) else value
+  node[leaf] = (convert(key, value, node[leaf], node.get_type(leaf)) if isinstance(value, str)
+                else value)
 
 
 def unknown_key(config, key: str) -> UserError:

@@ -95,7 +95,8 @@ def record(root: Path, exp: registry.Experiment, budget: str, sweep: list[str],
       raise UserError(f"{root} holds runs of another definition ({old.get('name')}, budget "
                       f"{old.get('budget')}); use another --root")
   meta = {"name": exp.name, "title": exp.title, "budget": budget, "budget_note": b.note,
-          "metric": exp.metric, "target": exp.target, "definition": definition,
+          "metric": exp.metric, "target": exp.target, "anchor": exp.anchor,
+          "definition": definition,
           "command": command, "sweep": "python -m metricattn.sweep " + shlex.join(sweep)}
   root.mkdir(parents=True, exist_ok=True)
   write_atomic(path, json.dumps(meta, indent=2) + "\n")

@@ -5,13 +5,23 @@ device; each step then gets a block of batch indices, INDEX_BLOCK steps sent in 
 transfer. Other datasets (augmentation, tokens, arrays over 1 GiB) make each batch on the
 host, sharded over the devices. With vmapped seeds (`stacked`) every argument has a leading
 seed axis.
+
+With several processes (`metricattn.multihost`) the arrays are global: every process makes
+the same index blocks, and each places only its own devices' parts. A run's host batches
+are made by each process for its own rows only, when the data set's `train_batch` takes
+`rows` (in-memory arrays and images); otherwise it makes the global batch and places its
+rows.
 """
 
 from __future__ import annotations
 
+import inspect
+
 import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
+
+from metricattn import multihost
 
 INDEX_BLOCK = 64  # steps whose batch indices go to the device in one transfer
 RESIDENT_MAX_BYTES = 1 << 30
@@ -22,7 +32,18 @@ def stack_trees(trees):
 
 
 def shard_batch(batch: dict, sharding: NamedSharding) -> dict:
-  return {k: jax.device_put(np.asarray(v), sharding) for k, v in batch.items()}
+  """The global batch arrays; each process places only its devices' parts of them."""
+  return {k: multihost.put(np.asarray(v), sharding) for k, v in batch.items()}
+
+
+def process_rows(sharding: NamedSharding, batch_size: int) -> slice | None:
+  """The rows of a global batch split by `sharding` along its first axis that this
+  process's devices hold, or None when they are not one contiguous block."""
+  spans = [index[0].indices(batch_size)[:2] for index in
+           sharding.addressable_devices_indices_map((batch_size,)).values()]
+  start, stop = min(s for s, _ in spans), max(e for _, e in spans)
+  held = sum(e - s for s, e in set(spans))
+  return slice(start, stop) if held == stop - start else None
 
 
 def gathering(step_fn):
@@ -65,8 +86,8 @@ class Feeder:
     self.datas, self.stacked = datas, stacked
     self.arrays, self.per_seed = resident_arrays(datas)
     if self.arrays is not None:
-      self.arrays = jax.device_put(
-          self.arrays, state_sharding if self.per_seed else NamedSharding(mesh, P()))
+      sharding = state_sharding if self.per_seed else NamedSharding(mesh, P())
+      self.arrays = {k: multihost.put(v, sharding) for k, v in self.arrays.items()}
     # Batches: split along the batch axis, or along the seed axis.
     self.batch_sharding = NamedSharding(
         mesh, P(None, "data") if stacked and not by_seed else P("data"))
@@ -74,6 +95,10 @@ class Feeder:
     self.index_sharding = NamedSharding(mesh, P("data") if by_seed else
                                         P(*[None] * (2 if stacked else 1), "data"))
     self.block_first, self.block = None, None
+    self.rows = None  # this process's rows of the global batch, when it makes only those
+    if (jax.process_count() > 1 and not stacked and self.arrays is None
+        and "rows" in inspect.signature(datas[0].train_batch).parameters):
+      self.rows = process_rows(self.batch_sharding, datas[0].batch_size)
 
   def step_fn(self, step_fn):
     """`step_fn` (params, opt_state, batch, step, key, lr_scale) taking this feeder's data
@@ -95,9 +120,14 @@ class Feeder:
         idx = [np.stack([d.train_indices(s) for s in range(first, first + INDEX_BLOCK)])
                for d in self.datas]
         self.block_first = first
-        self.block = jax.device_put(np.stack(idx) if self.stacked else idx[0],
-                                    self.index_sharding)
+        self.block = multihost.put(np.stack(idx) if self.stacked else idx[0],
+                                   self.index_sharding)
       return self.arrays, self.block
+    if self.rows is not None:
+      batch = self.datas[0].train_batch(step, self.rows)
+      return ({k: jax.make_array_from_process_local_data(
+          self.batch_sharding, v, (self.datas[0].batch_size, *v.shape[1:]))
+          for k, v in batch.items()},)
     batches = [d.train_batch(step) for d in self.datas]
     return (shard_batch(stack_trees(batches) if self.stacked else batches[0],
                         self.batch_sharding),)

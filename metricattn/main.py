@@ -2,11 +2,17 @@
 
 Override any config value with `--config.a.b=value` (the config is locked, so a misspelt
 key is an error). Bad input ends with one line on stderr and exit code 2.
+
+Several processes (hosts) train one run when each is started with the same command plus
+`--coordinator_address=HOST:PORT --num_processes=N --process_id=I`, or with none of them on
+a cluster JAX recognises (SLURM, Open MPI, TPU pods); see `metricattn.multihost`.
 """
 
 from __future__ import annotations
 
+import os
 import sys
+import traceback
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -28,6 +34,14 @@ _ALLOW_CHANGE = flags.DEFINE_boolean(
     "allow_config_change", False, "Resume a run with settings other than those it started "
     "with; the changes are recorded in WORKDIR/config_changes.jsonl. Without it such a resume "
     "is refused (extending train.steps, logging cadence and wandb settings are always allowed).")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "Multi-process training: HOST:PORT of process 0, where it "
+    "starts JAX's coordination service (the same on every process).")
+_NUM_PROCESSES = flags.DEFINE_integer(
+    "num_processes", None, "Multi-process training: the number of processes; 1 alone: one "
+    "process even inside a multi-task SLURM or MPI job (no jax.distributed).")
+_PROCESS_ID = flags.DEFINE_integer(
+    "process_id", None, "Multi-process training: this process's index, 0..num_processes-1.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -69,6 +83,37 @@ def main(argv) -> None:
   del argv
   enable_compilation_cache()
   set_cpu_devices(_CPU_DEVICES.value)
+  from metricattn import multihost
+  run(multihost.initialize, _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  import jax
+  if jax.process_count() == 1:
+    train()
+    return
+  # Several processes: a process that stops early exits at once, without JAX's shutdown
+  # barrier, so that the others' collectives fail and they stop too instead of waiting.
+  name = f"process {jax.process_index()} of {jax.process_count()}"
+  try:
+    train()
+  except SystemExit as e:
+    exit_now(0 if e.code is None else e.code if isinstance(e.code, int) else 1)
+  except BaseException as e:
+    text = " ".join(str(e).split())[:300]
+    if not any(w in text for w in ("Gloo", "NCCL", "peer", "heartbeat", "coordination")):
+      traceback.print_exc()
+    print(f"error: {name} stopped: {type(e).__name__}: {text}; when another process "
+          "failed first, its output says why; rerun all processes to resume from the last "
+          "checkpoint", file=sys.stderr)
+    exit_now(1)
+
+
+def exit_now(code: int) -> None:
+  """Ends this process now, skipping JAX's shutdown barrier (it would wait for the others)."""
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os._exit(code)
+
+
+def train() -> None:
   try:
     from metricattn.sweep import parse_seeds
     from metricattn.train import train_and_evaluate, train_seeds

@@ -7,8 +7,11 @@ Fields:
   weight_decay  decay coefficient (0 disables it).
   b1, b2, eps   Adam moments and epsilon.
   grad_clip     clip the gradient's global norm to this value before anything else (0: off).
-  schedule      "constant", "cosine" (decay to 0 over train.steps) or "warmup_cosine".
-  warmup_steps  linear warm-up steps for "warmup_cosine".
+  schedule      "constant", "cosine" (decay to 0 over train.steps), "warmup_cosine" or
+                "warmup_rsqrt": lr * min(1, t / w) * sqrt(w / max(t, w)) at step t with
+                w = warmup_steps, the peak lr at step w (LRA's "constant * linear_warmup *
+                rsqrt_decay" with base rate lr * sqrt(w)).
+  warmup_steps  linear warm-up steps for "warmup_cosine" and "warmup_rsqrt".
   plateau       optional ReduceLROnPlateau on an evaluation metric, a dict with
                 factor (multiply the learning rate by this; 0 disables), patience
                 (evaluations without improvement before reducing), start_step (evaluations
@@ -19,11 +22,12 @@ Fields:
 
 from __future__ import annotations
 
+import jax.numpy as jnp
 import optax
 
 from metricattn.errors import UserError
 
-SCHEDULES = ("constant", "cosine", "warmup_cosine")
+SCHEDULES = ("constant", "cosine", "warmup_cosine", "warmup_rsqrt")
 
 
 def make_schedule(o, total_steps: int) -> optax.Schedule:
@@ -34,6 +38,11 @@ def make_schedule(o, total_steps: int) -> optax.Schedule:
   if o.schedule == "warmup_cosine":
     return optax.warmup_cosine_decay_schedule(0.0, o.lr, o.warmup_steps,
                                               max(total_steps, o.warmup_steps + 1))
+  if o.schedule == "warmup_rsqrt":
+    lr, w = float(o.lr), float(o.warmup_steps)
+    if w < 1:
+      raise UserError(f"optimizer.warmup_steps must be at least 1 for warmup_rsqrt; got {w:g}")
+    return lambda t: lr * jnp.minimum(1.0, t / w) * jnp.sqrt(w / jnp.maximum(t, w))
   raise UserError(f"unknown optimizer.schedule {o.schedule!r}; allowed: {', '.join(SCHEDULES)}")
 
 

@@ -2,7 +2,8 @@
 
 Each entry names a base config, the grid (attention kind x seeds, 10 seeds as in the
 paper), the headline metric, the target used for "steps to target", whether seeds train
-vmapped in one program, and budgets:
+vmapped in one program, a published number to compare with where there is one (`anchor`,
+printed in the report: `lra_listops`), and budgets:
   full   what the paper's comparison needs (10 seeds, the configs' full length); sized for
          GPUs except where noted.
   quick  runs on the project's 2-core x86_64 CPU in minutes (fewer steps, sometimes fewer
@@ -10,6 +11,12 @@ vmapped in one program, and budgets:
   test   a few steps and 2 seeds, for the test suite.
 `python -m metricattn.experiment NAME --budget quick` runs one end to end (the runner,
 `metricattn/experiment.py`); this module only defines them.
+
+The experiments with a robustness evaluation (Moon and the image classifiers) add a fourth
+row to the three kinds, `l2_lipschitz` (ROBUSTNESS_KINDS): l2 attention with Kim,
+Papamakarios & Mnih's (ICML 2021) Lipschitz value map (`model.value_map=lipschitz`,
+metricattn/attention/layer.py). In the IPN, which has no value projection, it replaces the
+identity value: a block is H_new = S H_old A with A = P P^T / sqrt(d_Q).
 """
 
 from __future__ import annotations
@@ -19,6 +26,11 @@ import dataclasses
 from metricattn.errors import UserError
 
 from metricattn.attention import KINDS
+from metricattn.attention.layer import VARIANTS
+
+# Kinds of the experiments evaluated for robustness: the three and the variants
+# (l2_lipschitz, Kim et al.'s Lipschitz l2).
+ROBUSTNESS_KINDS = (*KINDS, *VARIANTS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,6 +59,7 @@ class Experiment:
   robustness: bool = False         # also run metricattn.robustness after training
   robustness_args: tuple[str, ...] = ()
   figure: str = ""                 # "module:function" of (root, path): draws ROOT/segmentation.png
+  anchor: str = ""                 # a published number to compare with, named in the report
 
   def budget(self, name: str) -> Budget:
     if name not in self.budgets:
@@ -75,6 +88,7 @@ def ipn(name: str, dataset: str, title: str, target: float, full_steps: int, ful
       name=name, title=title, config="configs/ipn_mnist.py",
       args=f"dataset={dataset}" + (f",source={source}" if source else ""),
       metric="test/accuracy", target=target, vmap_seeds=True, robustness=True,
+      kinds=ROBUSTNESS_KINDS,
       robustness_args=("--max-examples=1000",),
       budgets={"full": Budget(f"steps={full_steps}", note=f"{full_steps:,} steps, 10 seeds "
                               f"vmapped per kind; {full_where}"),
@@ -86,6 +100,7 @@ EXPERIMENTS = {e.name: e for e in [
     Experiment(
         name="moons", title="Moon, IPN (paper Fig. 4)", config="configs/moons_ipn.py",
         metric="test/accuracy", target=0.95, vmap_seeds=True, robustness=True,
+        kinds=ROBUSTNESS_KINDS,
         robustness_args=("--sigmas=0,0.1,0.2,0.3,0.5,0.8", "--eps=0,0.05,0.1,0.2,0.3,0.5"),
         budgets={
             "full": Budget("steps=10000", note="10,000 steps (2,500 epochs), 10 seeds "
@@ -184,9 +199,33 @@ EXPERIMENTS = {e.name: e for e in [
                                        "train.eval_every=4", "train.checkpoint_every=2"),
                            seeds=2, note="tests only")}),
     Experiment(
+        name="lra_listops",
+        title="Long Range Arena ListOps, Transformer encoder (Tay et al. 2021)",
+        config="configs/lra_listops.py", metric="test/accuracy", target=0.3637,
+        anchor="LRA's published vanilla Transformer on ListOps: 36.37% test accuracy (Tay et "
+               "al. 2021, Long Range Arena, Table 1), at LRA's setting, which is this "
+               "experiment's `full` budget; the target is that number. Other budgets are "
+               "ours: shorter sequences and a smaller model, not comparable with it",
+        budgets={
+            "full": Budget("size=lra", note="LRA's ListOps setting: 96,000 examples of "
+                           "501-1,999 tokens, 6 layers of width 512 with 8 heads, 5,000 "
+                           "steps of batch 32 (rsqrt schedule), 10 seeds; one GPU"),
+            "quick": Budget("size=cpu", seeds=2, jobs=2,
+                            note="OURS, not LRA's setting: 20,000 examples of 51-149 tokens, "
+                                 "2 layers of width 64 with 4 heads, 1,500 steps of batch 32, "
+                                 "2 seeds; offline (the generator)"),
+            "test": Budget("size=cpu,steps=20",
+                           ("data.num_train=64", "data.num_val=16", "data.num_test=16",
+                            "data.min_length=8", "data.max_length=40", "data.bucket=8",
+                            "model.num_layers=1", "model.num_heads=2", "model.d_model=16",
+                            "model.qk_dim=16", "model.d_mlp=16", "model.d_ff=32",
+                            "eval.batch_size=16", *TEST_OVERRIDES),
+                           seeds=2, note="tests only")}),
+    Experiment(
         name="vit_fashion_mnist", title="Fashion-MNIST, ViT (ours)",
         config="configs/vit_image.py", args="dataset=fashion_mnist", metric="test/accuracy",
         target=0.80, robustness=True, robustness_args=("--max-examples=1000",),
+        kinds=ROBUSTNESS_KINDS,
         budgets={
             "full": Budget("epochs=30,variant=Ti/4", note="ViT-Ti/4, 30 epochs, 10 seeds; "
                            "one GPU"),

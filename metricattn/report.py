@@ -25,6 +25,10 @@ Figures, titled with the experiment's title (or ROOT's name) and the metric: cur
 (training loss and the metric over steps: mean over seeds, band min..max, markers on curves
 of few points) and violin.png (final metric).
 
+On the root of an Optuna study (`metricattn.sweep --space ...`; ROOT/study.json) the report
+adds the study's best trials and Optuna's optimisation-history and parameter-importance
+figures (`metricattn.study.report_section`).
+
 The target comes from --target, else from ROOT/experiment.json (written by
 `python -m metricattn.experiment`, which also gives the budget and command for the header).
 """
@@ -38,6 +42,7 @@ import sys
 from pathlib import Path
 
 from metricattn import plots, reporting, stats
+from metricattn import study as study_lib
 from metricattn.cli import error
 from metricattn.errors import UserError
 from metricattn.runs import SELECTION_SPLIT, best_val_step, read_json, write_atomic
@@ -208,6 +213,8 @@ def header_lines(root: Path, runs: list[dict], metric: str, target: float | None
               f"({experiment.get('budget_note', '')})",
               f"- Command: `{experiment['command']}`",
               f"- Runs: `{experiment.get('sweep', '')}`"]
+    if experiment.get("anchor"):
+      lines.append(f"- Anchor (published, not ours): {experiment['anchor']}.")
   writer = "by the command above" if experiment else f"by `python -m metricattn.report {root}`"
   last = max((Path(r["workdir"]) / "summary.json").stat().st_mtime for r in runs)
   finished = datetime.datetime.fromtimestamp(last, datetime.timezone.utc)
@@ -333,9 +340,11 @@ def write_figures(root: Path, runs_by_group: dict[str, list[dict]], metric: str,
 
 def render(root: Path, runs: list[dict], *, target: float | None = None,
            experiment: dict | None = None, figures: bool = True,
-           more_figures: list[tuple[str, str, str]] = ()) -> tuple[str, dict]:
+           more_figures: list[tuple[str, str, str]] = (),
+           more_lines: list[str] = ()) -> tuple[str, dict]:
   """(report.md text, report.json content); writes the figures when `figures`;
-  `more_figures` (file in root, alt text, caption) are listed after them."""
+  `more_figures` (file in root, alt text, caption) are listed after them, `more_lines`
+  (markdown) after the comparison."""
   metric = headline_metric(runs)
   runs_by_group = group_runs(runs)
   groups = {n: group_stats(rs, metric, target) for n, rs in runs_by_group.items()}
@@ -355,7 +364,8 @@ def render(root: Path, runs: list[dict], *, target: float | None = None,
             "consecutive logged training losses (each a mean over `train.log_every` steps; "
             "it includes the descent itself, so compare it between groups of equal loss "
             "curves' shape with care).",
-            "", "## Comparison with softmax", "", *comparison_table(comps, left_out, metric)]
+            "", "## Comparison with softmax", "", *comparison_table(comps, left_out, metric),
+            *more_lines]
   if figures:
     title = f"{experiment_title(root, experiment)}: {metric}"
     lines += ["## Figures", ""]
@@ -386,8 +396,12 @@ def write_report(root: Path, *, target: float | None = None, experiment: dict | 
   experiment = experiment or load_experiment(root)
   if target is None and experiment:
     target = experiment.get("target")
+  more_lines = []
+  if (root / study_lib.STUDY_FILE).exists():  # an Optuna study's root
+    more_lines, study_figures = study_lib.report_section(root)
+    more_figures = [*more_figures, *study_figures]
   text, data = render(root, runs, target=target, experiment=experiment,
-                      more_figures=more_figures)
+                      more_figures=more_figures, more_lines=more_lines)
   write_atomic(root / "report.md", text)
   write_atomic(root / "report.json", json.dumps(data, indent=2) + "\n")
   return text

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from metricattn import reporting, runs as runs_lib
+from metricattn.attention.layer import attention_name
 from metricattn.attacks import ATTACKS, EPSILONS, SIGMAS, Settings, evaluate_attacks
 from metricattn.cli import error
 from metricattn.errors import UserError
@@ -69,7 +70,7 @@ def evaluate_run(workdir: Path, settings: Settings, force: bool = False) -> dict
       return old  # same settings, same final checkpoint
   config, data, graphdef, params, step = restore_run(workdir)
   result = {"workdir": str(workdir), "step": step, "seed": int(config.seed),
-            "attention": config.model.attention, "settings": wanted,
+            "attention": attention_name(config.model), "settings": wanted,
             **evaluate_attacks(params, graphdef, data, config, settings)}
   check_clean(workdir, result)
   runs_lib.write_atomic(out, json.dumps(result, indent=2) + "\n")

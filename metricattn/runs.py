@@ -171,6 +171,21 @@ class Lock:
     self.file.close()
 
 
+def busy(workdir: str | Path) -> bool:
+  """Whether a live process holds WORKDIR/.lock now (a run trains there)."""
+  import fcntl
+  try:
+    f = open(Path(workdir) / ".lock")
+  except OSError:
+    return False
+  with f:
+    try:
+      fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+      return True
+    return False
+
+
 def make_workdir(workdir: Path) -> None:
   """Creates `workdir` (and its parents), or says in one line why it cannot be used."""
   from metricattn.errors import UserError
@@ -190,10 +205,12 @@ def make_workdir(workdir: Path) -> None:
 # ---------------------------------------------------------------- config changes on resume
 
 # Settings that cannot change what a run computes up to now: extending or shortening it,
-# logging, evaluation and checkpoint cadence, wandb. Changing them on resume is allowed and
+# logging, evaluation and checkpoint cadence, wandb, the Optuna trial that runs it (a trial
+# retried after its worker died has a new number), how attention is computed (the same
+# function: `model.implementation`, absent in runs older than it). Changing them on resume is allowed and
 # recorded; any other change needs --allow_config_change.
 HARMLESS = ("train.steps", "train.log_every", "train.eval_every", "train.checkpoint_every",
-            "train.keep_checkpoints", "wandb.")
+            "train.keep_checkpoints", "wandb.", "sweep.", "model.implementation")
 CHANGES = "config_changes.jsonl"
 
 

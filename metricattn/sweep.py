@@ -12,6 +12,9 @@ and checked before anything is launched. A run whose workdir holds a readable su
 is skipped; an interrupted one resumes from its checkpoint. While runs train, one progress
 line per running job (every 10 s) shows steps done, steps/s and time left.
 
+With `--space`, `--sampler`, `--storage` or `--study` the sweep is an Optuna study instead
+(random, TPE or grid search, workers sharing one storage, pruning): `metricattn.study`.
+
 With `--vmap-seeds` all seeds of a grid point train in one process and one compiled
 program (the step vmapped over seeds; for small models such as the IPN), with the same
 workdir layout; the point's checkpoints are in ROOT/<key>=<value>/checkpoints.
@@ -89,13 +92,16 @@ def point_config(config: str, point: dict[str, str], overrides: list[str]):
   return c
 
 
-def check_points(config: str, points: list[dict[str, str]], overrides: list[str]) -> list:
-  """Builds and checks every point's config before anything runs; returns the configs."""
+def check_points(config: str, points: list[dict[str, str]], overrides: list[str],
+                 what: str = "grid point") -> list:
+  """Builds and checks every point's config before anything runs; returns the configs.
+  Errors name the point as `what` and its values."""
   from metricattn.attention import check_kind
   from metricattn.train import check_config
   configs = []
   for point in points:
-    where = " ".join(f"{k}={v}" for k, v in point.items()) or "the base config"
+    where = " ".join([what, *(f"{k}={v}" for k, v in point.items())]) if point \
+        else "the base config"
     try:
       if not Path(config.partition(":")[0]).is_file():
         raise UserError(f"config file {config.partition(':')[0]} does not exist")
@@ -104,7 +110,7 @@ def check_points(config: str, points: list[dict[str, str]], overrides: list[str]
       if "attention" in c.get("model", {}):
         check_kind(c.model.attention)
     except UserError as e:
-      raise UserError(f"grid point {where}: {e}") from None
+      raise UserError(f"{where}: {e}") from None
     configs.append(c)
   return configs
 
@@ -186,7 +192,32 @@ def main(argv: list[str] | None = None) -> int:
                  help="train all seeds of a grid point in one vmapped program")
   p.add_argument("--progress-every", type=float, default=10.0,
                  help="seconds between progress lines (0: none)")
+  o = p.add_argument_group("Optuna studies (metricattn/study.py)")
+  o.add_argument("--space", action="append", default=[],
+                 help="KEY=choice(a,b)|int(lo,hi[,step])|uniform(lo,hi)|loguniform(lo,hi); "
+                 "repeat per key")
+  o.add_argument("--space-file", type=Path, help="one --space item per line (# comments)")
+  o.add_argument("--sampler", help="grid, random or tpe (default: tpe; grid with --grid)")
+  o.add_argument("--trials", type=int, help="trials of the study in all (grid: its size)")
+  o.add_argument("--objective", default="val/accuracy",
+                 help="SPLIT/METRIC of summary.json to optimise, the mean over --seeds "
+                 "(default: val/accuracy)")
+  o.add_argument("--direction", default="max", help="max or min")
+  o.add_argument("--storage", help="journal file (default ROOT/optuna.journal) or an "
+                 "SQLAlchemy URL: sqlite:///F.db, postgresql://..., mysql+pymysql://...")
+  o.add_argument("--study", help="study name (default: the root's name)")
+  o.add_argument("--workers", type=int, default=1, help="local worker processes")
+  o.add_argument("--pruner", default="none", help="none, median or hyperband")
+  o.add_argument("--heartbeat", type=float, default=20.0,
+                 help="seconds between a worker's heartbeats; a trial silent for 3 of them "
+                 "is retried by another worker")
+  o.add_argument("--worker-name", help=argparse.SUPPRESS)
   a = p.parse_args(argv)
+  if (a.space or a.space_file or a.sampler or a.storage or a.study or a.trials is not None
+      or a.workers != 1 or a.pruner != "none"):
+    from metricattn import study
+    a.sampler = a.sampler or ("grid" if a.grid and not (a.space or a.space_file) else "tpe")
+    return study.main(a, sys.argv[1:] if argv is None else list(argv))
   try:
     seeds = parse_seeds(a.seeds)
     points = grid_points(a.grid)

@@ -34,7 +34,8 @@ import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from metricattn import runs as runs_lib
+from metricattn import multihost, runs as runs_lib
+from metricattn.attention.layer import attention_name
 from metricattn.checkpoint import Checkpointer
 from metricattn.data import get_dataset
 from metricattn.errors import Interrupted, UserError
@@ -167,7 +168,7 @@ def evaluate_stack(eval_step, params, datas, task, graphdef, split, sharding,
   sums = [dict() for _ in datas]
   for batches in zip(*(d.eval_batches(split) for d in datas)):
     batch = stack_trees(batches) if stacked else batches[0]
-    out = jax.device_get(eval_step(params, shard_batch(batch, sharding)))
+    out = multihost.to_host(eval_step(params, shard_batch(batch, sharding)))
     for i, s in enumerate(sums):
       for k, v in out.items():
         s[k] = s.get(k, 0.0) + float(v[i] if stacked else v)
@@ -190,7 +191,8 @@ class Run:
     self.config, self.workdir, self.data = config, workdir, data
     self.window = {k: float(v) for k, v in meta.get("window", {}).items()}
     self.window_steps = meta.get("window_steps", 0)
-    self.writer = MetricWriter(workdir, config, total, start, progress)
+    self.writer = MetricWriter(workdir, config, total, start, progress,
+                               active=multihost.primary())
     self.last_train: dict = {}
     self.last_eval: dict[str, dict] = {}
 
@@ -212,8 +214,9 @@ class Run:
       target.update({k: v for k, v in r.items() if k not in ("step", "split")})
 
   def finish(self, summary: dict) -> None:
-    """Writes summary.json, logs the final metrics and closes the writer."""
-    runs_lib.write_atomic(self.workdir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    """Writes summary.json (process 0), logs the final metrics and closes the writer."""
+    if multihost.primary():
+      runs_lib.write_atomic(self.workdir / "summary.json", json.dumps(summary, indent=2) + "\n")
     self.writer.info(f"done {self.workdir}: "
                      f"{json.dumps({k: v for k, v in summary.items() if '/' in k})}")
     self.writer.close()
@@ -244,7 +247,7 @@ def summarize(run: Run, meta: dict, n_params: int, seeds_in_program: int,
   for split, m in run.last_eval.items():
     summary.update({f"{split}/{k}": v for k, v in m.items()})
   summary.update(
-      step=int(run.config.train.steps), attention=run.config.model.attention,
+      step=int(run.config.train.steps), attention=attention_name(run.config.model),
       num_params=n_params,
       steps_per_second=(meta["timed_steps"] / meta["train_seconds"]
                         if meta["train_seconds"] else None),
@@ -254,7 +257,8 @@ def summarize(run: Run, meta: dict, n_params: int, seeds_in_program: int,
       # the time the device waited: batches are made while the previous step runs).
       data_wait_fraction=(meta["data_seconds"] / meta["train_seconds"]
                           if meta["train_seconds"] else None),
-      devices=jax.device_count(), platform=jax.devices()[0].platform)
+      devices=jax.device_count(), processes=jax.process_count(),
+      platform=jax.devices()[0].platform)
   return summary
 
 
@@ -288,15 +292,30 @@ def train_seeds(config, seeds: list[int], root: str | Path,
 
 def _train(configs, workdirs: list[Path], ckpt_dir: Path, stacked: bool,
            allow_config_change: bool) -> list[dict]:
-  """Checks, then trains while holding the workdir lock (one process per workdir)."""
+  """Checks, then trains while holding the workdir lock (one run per workdir)."""
   check_config(configs[0], split_batch=not (stacked and seeds_split_over_devices(len(configs))))
   runs_lib.make_workdir(ckpt_dir)
-  lock = runs_lib.Lock(ckpt_dir)
+  lock = lock_workdir(ckpt_dir)
   try:
     with Signals() as signals:
       return _train_locked(configs, workdirs, ckpt_dir, stacked, allow_config_change, signals)
   finally:
-    lock.release()
+    if lock is not None:
+      lock.release()
+
+
+def lock_workdir(ckpt_dir: Path) -> runs_lib.Lock | None:
+  """The workdir lock, taken by process 0 alone for all the processes of the run (None on
+  the others); when it is held by another run, every process fails."""
+  lock, error = None, None
+  if multihost.primary():
+    try:
+      lock = runs_lib.Lock(ckpt_dir)
+    except UserError as e:
+      error = e
+  if multihost.from_primary(error is not None):
+    raise error or UserError(f"{ckpt_dir} is in use by another run (see process 0)")
+  return lock
 
 
 def _train_locked(configs, workdirs: list[Path], ckpt_dir: Path, stacked: bool,
@@ -317,11 +336,12 @@ def _train_locked(configs, workdirs: list[Path], ckpt_dir: Path, stacked: bool,
   _, task, graphdef, _ = built[0]
   params = stack_trees([b[3] for b in built]) if stacked else built[0][3]
   tx = make_optimizer(config)
-  params = jax.device_put(params, state_sharding)
-  opt_state = jax.device_put((jax.vmap(tx.init) if stacked else tx.init)(params),
-                             state_sharding)
-  keys = [dropout_key(c.seed) for c in configs]
-  key = jax.device_put(jnp.stack(keys), state_sharding) if stacked else keys[0]
+  params = jax.tree.map(lambda x: multihost.put(x, state_sharding), params)
+  opt_state = jax.jit(jax.vmap(tx.init) if stacked else tx.init,
+                      out_shardings=state_sharding)(params)
+  seeds = [c.seed for c in configs]
+  key = (jax.jit(lambda: jax.vmap(dropout_key)(jnp.array(seeds)), out_shardings=state_sharding)()
+         if stacked else dropout_key(seeds[0]))
   plateau = Plateau(config)
   if stacked and plateau.enabled:
     raise UserError("optimizer.plateau is not supported with vmapped seeds; run seeds "
@@ -340,16 +360,19 @@ def _train_locked(configs, workdirs: list[Path], ckpt_dir: Path, stacked: bool,
     params, opt_state = state["params"], state["opt_state"]
     meta.update(restored)
     plateau.state = meta["plateau"]
+  multihost.barrier("resume checked")  # every process has read config.json
   for c, w, ch in zip(configs, workdirs, changes):
-    runs_lib.record_changes(w, ch, start)
-    runs_lib.write_atomic(w / "config.json", c.to_json(indent=2) + "\n")
+    if multihost.primary():
+      runs_lib.record_changes(w, ch, start)
+      runs_lib.write_atomic(w / "config.json", c.to_json(indent=2) + "\n")
   runs = [Run(c, w, d, m, total, start, progress=i == 0)
           for i, (c, w, d, m) in enumerate(zip(configs, workdirs, datas, meta["runs"]))]
   n_params = num_params(params) // (len(configs) if stacked else 1)
   runs[0].writer.info(
       f"{ckpt_dir}: {config.model.name}/{config.model.attention}, {n_params:,} params, "
       f"{len(configs)} seed(s){' vmapped' if stacked else ''}, {jax.device_count()} "
-      f"device(s){' (seeds split over them)' if by_seed else ''}, "
+      f"device(s){' (seeds split over them)' if by_seed else ''}"
+      f"{f' in {jax.process_count()} processes' if jax.process_count() > 1 else ''}, "
       f"{'resuming at step ' + str(start) if start else 'starting'}")
 
   feed = Feeder(datas, mesh, state_sharding, stacked, by_seed)
@@ -379,12 +402,16 @@ def _train_locked(configs, workdirs: list[Path], ckpt_dir: Path, stacked: bool,
     is_log = done % config.train.log_every == 0 or done == total
     is_eval = done % config.train.eval_every == 0 or done == total
     is_ckpt = done % config.train.checkpoint_every == 0 or done == total
-    stopping = signals.received is not None and done < total
+    received = signals.received
+    if jax.process_count() > 1:  # a signal to any process stops all, at a step where they sync
+      received = ((multihost.max_over_processes(received or 0) or None)
+                  if is_log or is_eval or is_ckpt else None)
+    stopping = received is not None and done < total
     if not (is_log or is_eval or is_ckpt or stopping):
       continue
     # Sync: pull the pending metrics to the host and account the step time.
     jax.block_until_ready(params)
-    add_metrics(runs, jax.device_get(pending), done, stacked, ckpt)
+    add_metrics(runs, multihost.to_host(pending), done, stacked, ckpt)
     pending = []
     meta["train_seconds"] += time.perf_counter() - mark
     meta["timed_steps"] += done - timed_from
@@ -410,10 +437,10 @@ def _train_locked(configs, workdirs: list[Path], ckpt_dir: Path, stacked: bool,
       ckpt.close()
       for run in runs:
         run.writer.close()
-      name = signal.Signals(signals.received).name
+      name = signal.Signals(received).name
       raise Interrupted(f"{name}: stopped at step {done} of {total} with a checkpoint in "
                         f"{ckpt.directory}; rerun the same command to resume",
-                        128 + signals.received)
+                        128 + received)
     mark = time.perf_counter()
   ckpt.close()
 

@@ -1,5 +1,7 @@
 """Logging fans out from here: metrics.jsonl, the console (progress bar on a terminal,
-plain lines otherwise) and wandb when `config.wandb.mode` is online or offline."""
+plain lines otherwise) and wandb when `config.wandb.mode` is online or offline. Of the
+processes of a multi-process run only one (process 0) writes: the others' writers are
+inactive."""
 
 from __future__ import annotations
 
@@ -51,31 +53,38 @@ def reachable_wandb_mode(workdir: Path, say, timeout: float = 3.0) -> str:
 
 
 class MetricWriter:
-  """Writes `{"step", "split", metric...}` records; `resume_step` drops records after it."""
+  """Writes `{"step", "split", metric...}` records; `resume_step` drops records after it.
+  An inactive writer (not process 0) writes nothing."""
 
   def __init__(self, workdir: Path, config, total_steps: int, resume_step: int,
-               progress: bool = True):
+               progress: bool = True, active: bool = True):
     self.path = workdir / "metrics.jsonl"
     self.total, self.start, self.t0 = total_steps, resume_step, time.perf_counter()
-    kept = [r for r in read_jsonl(self.path) if r["step"] <= resume_step]
-    self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
-    self.bar = None
-    if progress and sys.stderr.isatty():
-      from tqdm import tqdm
-      self.bar = tqdm(total=total_steps, initial=resume_step, unit="step", dynamic_ncols=True)
-    self.wandb = None
+    self.active, self.bar, self.wandb = active, None, None
     mode = config.wandb.mode
     if mode not in WANDB_MODES:
       from metricattn.errors import UserError
       raise UserError(f"unknown wandb.mode {mode!r}; allowed: {', '.join(WANDB_MODES)}")
+    if not active:
+      return
+    kept = [r for r in read_jsonl(self.path) if r["step"] <= resume_step]
+    self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    if progress and sys.stderr.isatty():
+      from tqdm import tqdm
+      self.bar = tqdm(total=total_steps, initial=resume_step, unit="step", dynamic_ncols=True)
     if mode == "online":
       mode = reachable_wandb_mode(workdir, self.info)
     if mode != "disabled":
       import wandb  # lazily: heavy, and not needed unless asked for
-      self.wandb = wandb.init(project=config.wandb.project, name=workdir.name, mode=mode,
-                              dir=str(workdir), config=config.to_dict(), resume="allow")
+      # A sweep's trials set wandb.group (the study) and wandb.name (their parameters).
+      self.wandb = wandb.init(project=config.wandb.project, mode=mode,
+                              name=config.wandb.get("name") or workdir.name,
+                              group=config.wandb.get("group"), dir=str(workdir),
+                              config=config.to_dict(), resume="allow")
 
   def write(self, step: int, split: str, metrics: dict) -> None:
+    if not self.active:
+      return
     record = {"step": step, "split": split, **{k: float(v) for k, v in metrics.items()}}
     with self.path.open("a") as f:
       f.write(json.dumps(record) + "\n")
@@ -98,6 +107,8 @@ class MetricWriter:
       self.bar.update(steps)
 
   def info(self, line: str) -> None:
+    if not self.active:
+      return
     if self.bar is not None:
       self.bar.write(line, file=sys.stderr)
     else:

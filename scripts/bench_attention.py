@@ -1,16 +1,35 @@
 """Time forward+backward of the dot-product and L2 kernels side by side, and the Moon IPN
-train step per attention kind; print the ratios l2/dot (target: at most 1.1).
+train step per attention kind; print the ratios l2/dot (target: at most 1.1). Or, with
+--lengths, the kernels' implementations against sequence length.
 
   python scripts/bench_attention.py [--shape 8,1024,8,64] [--reps 7]
+  python scripts/bench_attention.py --lengths 1024,2048,4096,8192,16384,32768 [--reps 3]
+      [--implementations xla,blockwise]
 
 Repetitions of the variants are interleaved and the median is reported, so machine noise
 hits all variants alike. Compilation is excluded.
+
+--lengths: batch 1, 8 heads, head size 64 (`--heads`, `--head-dim`), forward+backward of
+both kinds (dot, l2) with each implementation (xla: the plain kernel, blockwise) at each
+length. Each (length, implementation) runs in its own subprocess, which compiles both kinds
+ahead of time, reads XLA's memory analysis of each compiled program (arguments + outputs +
+temporaries: the `XLA GB` columns), skips running when a program would need more than
+`--memory-limit-gb` (the plain kernel at long lengths), else runs both once (warm-up) and
+times dot and l2 interleaved (median of `--reps`; the warm-up alone when it took more than
+`--budget-s`) and reports its peak
+resident memory (`ru_maxrss` of the subprocess, both kinds and the JAX runtime included:
+the `peak RSS GB` column). `uptime` is printed before and after.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
+import json
+import resource
 import statistics
+import subprocess
+import sys
 import time
 
 import jax
@@ -82,12 +101,127 @@ def bench_ipn(reps):
         f"metric/softmax = {t['metric'] / t['softmax']:.3f}")
 
 
+# ---------------------------------------------------------------- --lengths
+
+KIND_KERNELS = {"dot": A.dot_product_attention, "l2": A.l2_attention}
+LENGTH_IMPLEMENTATIONS = ("xla", "blockwise")
+GB = 2**30
+
+
+def memory_bytes(compiled) -> int:
+  """Arguments + outputs + temporaries of a compiled program (XLA's memory analysis)."""
+  m = compiled.memory_analysis()
+  return m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
+
+
+def length_point(n: int, impl: str, heads: int, head_dim: int, reps: int, budget_s: float,
+                 limit_gb: float) -> dict:
+  """One (length, implementation), both kinds: in the subprocess that `--point` runs."""
+  keys = jax.random.split(jax.random.key(0), 3)
+  qkv = tuple(jax.random.normal(k, (1, n, heads, head_dim), jnp.float32) for k in keys)
+  fns, row = {}, {"length": n, "implementation": impl}
+  for kind, kernel in KIND_KERNELS.items():
+    t = time.perf_counter()
+    fns[kind] = fwd_bwd(functools.partial(kernel, implementation=impl)).lower(*qkv).compile()
+    row[f"{kind}_compile_s"] = time.perf_counter() - t
+    row[f"{kind}_xla_bytes"] = memory_bytes(fns[kind])
+  if max(row[f"{k}_xla_bytes"] for k in fns) > limit_gb * GB:
+    return {**row, "skipped": f"needs more than {limit_gb} GB"}
+  def run_all() -> dict[str, float]:
+    out = {}
+    for kind, fn in fns.items():
+      t = time.perf_counter()
+      jax.block_until_ready(fn(*qkv))
+      out[kind] = time.perf_counter() - t
+    return out
+
+  first = run_all()       # a warm-up, or the one measurement when it takes over budget_s
+  runs = [first] if sum(first.values()) > budget_s else [run_all() for _ in range(reps)]
+  times = {kind: [r[kind] for r in runs] for kind in fns}
+  for kind, ts in times.items():
+    row[f"{kind}_s"], row[f"{kind}_runs"] = statistics.median(ts), len(ts)
+  row["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB
+  return row
+
+
+def uptime() -> str:
+  return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+
+
+def bench_lengths(a) -> None:
+  from metricattn.reporting import machine_description, markdown_table
+  lengths = [int(x) for x in a.lengths.split(",")]
+  print(f"{machine_description()}; batch 1, {a.heads} heads, head size {a.head_dim}, float32, "
+        f"forward+backward; blocks {A.blockwise.BLOCK_Q}x{A.blockwise.BLOCK_K}")
+  print(f"before: {uptime()}", flush=True)
+  rows = []
+  for n in lengths:
+    for impl in a.implementations.split(","):
+      cmd = [sys.executable, __file__, "--point", f"{n},{impl}", "--heads", str(a.heads),
+             "--head-dim", str(a.head_dim), "--reps", str(a.reps), "--budget-s",
+             str(a.budget_s), "--memory-limit-gb", str(a.memory_limit_gb)]
+      done = subprocess.run(cmd, capture_output=True, text=True)
+      if done.returncode:
+        row = {"length": n, "implementation": impl,
+               "skipped": f"exit {done.returncode}: {done.stderr.strip().splitlines()[-1:]}"}
+      else:
+        row = json.loads(done.stdout.strip().splitlines()[-1])
+      rows.append(row)
+      print(json.dumps(row), flush=True)
+  print(f"after: {uptime()}")
+  print()
+  print("\n".join(markdown_table(*length_table(rows))))
+
+
+def length_table(rows: list[dict]) -> tuple[list[str], list[list]]:
+  """Header and rows: per (length, implementation) both kinds' times, l2/dot, blockwise/xla,
+  time over length squared (relative to the first length), memory."""
+  first = {}
+  header = ["length", "implementation", "dot s", "l2 s", "l2/dot", "blockwise/xla (dot)",
+            "dot s / (n/1024)^2", "XLA GB dot", "XLA GB l2", "peak RSS GB", "runs"]
+  xla_dot = {r["length"]: r.get("dot_s") for r in rows if r["implementation"] == "xla"}
+  out = []
+  for r in rows:
+    n, impl = r["length"], r["implementation"]
+    gb = lambda key: f"{r[key] / GB:.2f}" if key in r else "-"
+    if "dot_s" not in r:
+      out.append([n, impl, "-", "-", "-", "-", "-", gb("dot_xla_bytes"), gb("l2_xla_bytes"),
+                  f"not run: {r['skipped']}", "-"])
+      continue
+    first.setdefault(impl, r["dot_s"] / (n / 1024) ** 2)
+    ratio = (f"{r['dot_s'] / xla_dot[n]:.3f}" if impl == "blockwise" and xla_dot.get(n)
+             else "-")
+    out.append([n, impl, f"{r['dot_s']:.3f}", f"{r['l2_s']:.3f}",
+                f"{r['l2_s'] / r['dot_s']:.3f}", ratio, f"{r['dot_s'] / (n / 1024) ** 2:.3f}",
+                gb("dot_xla_bytes"), gb("l2_xla_bytes"), f"{r['peak_rss_bytes'] / GB:.2f}",
+                f"{r['dot_runs']}"])
+  return header, out
+
+
 def main():
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--shape", default="8,1024,8,64", help="batch,length,heads,head_dim")
   p.add_argument("--reps", type=int, default=7)
   p.add_argument("--naive", action="store_true", help="also time the broadcast L2 form")
+  p.add_argument("--lengths", help="comma-separated lengths: the implementations' table")
+  p.add_argument("--heads", type=int, default=8)
+  p.add_argument("--head-dim", type=int, default=64)
+  p.add_argument("--budget-s", type=float, default=60.0,
+                 help="--lengths: one run of both kinds longer than this is not repeated")
+  p.add_argument("--memory-limit-gb", type=float, default=6.0,
+                 help="--lengths: skip a program XLA says needs more memory than this")
+  p.add_argument("--implementations", default=",".join(LENGTH_IMPLEMENTATIONS),
+                 help="--lengths: which implementations")
+  p.add_argument("--point", help=argparse.SUPPRESS)   # LENGTH,IMPL: the subprocess's job
   a = p.parse_args()
+  if a.point:
+    n, impl = a.point.split(",")
+    print(json.dumps(length_point(int(n), impl, a.heads, a.head_dim, a.reps, a.budget_s,
+                                  a.memory_limit_gb)))
+    return
+  if a.lengths:
+    bench_lengths(a)
+    return
   print(f"jax {jax.__version__} on {jax.devices()[0].device_kind} ({jax.devices()[0].platform})")
   bench_kernels(tuple(int(x) for x in a.shape.split(",")), a.reps, a.naive)
   bench_ipn(a.reps)

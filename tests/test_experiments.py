@@ -12,13 +12,18 @@ from metricattn import experiment, registry
 def test_definitions_load_with_every_budget(name):
   exp = registry.get(name)
   assert {"full", "quick", "test"} <= set(exp.budgets)
-  assert exp.kinds == ("softmax", "l2", "metric") and exp.budgets["full"].seeds == 10
+  kinds = ("softmax", "l2", "metric")
+  assert exp.kinds == (kinds + ("l2_lipschitz",) if exp.robustness else kinds)
+  assert exp.budgets["full"].seeds == 10
   assert exp.metric in ("test/accuracy", "test/bleu")
   if not (experiment.REPO / exp.config).exists():
     pytest.skip(f"{exp.config} does not exist yet")
   for budget in exp.budgets:
     config = experiment.load_config(exp, budget, "l2")   # overrides hit existing keys
     assert config.model.attention == "l2"
+  if "l2_lipschitz" in exp.kinds:  # the fourth robustness row: l2 with Kim et al.'s values
+    config = experiment.load_config(exp, "test", "l2_lipschitz")
+    assert (config.model.attention, config.model.value_map) == ("l2", "lipschitz")
 
 
 def test_missing_config_is_one_clear_line(monkeypatch, tmp_path, capsys):
@@ -39,11 +44,12 @@ def test_moons_test_budget_end_to_end_and_resume(tmp_path, capsys):
   assert experiment.main(args) == 0
   root = tmp_path / "exp"
   summaries = sorted(p.parent.relative_to(root).as_posix() for p in root.rglob("summary.json"))
-  assert summaries == [f"attention={k}/seed={s}" for k in ("l2", "metric", "softmax")
-                       for s in (0, 1)]
+  assert summaries == [f"attention={k}/seed={s}"
+                       for k in ("l2", "l2_lipschitz", "metric", "softmax") for s in (0, 1)]
   text = (root / "report.md").read_text()
   assert "budget **`test`**" in text and "python -m metricattn.experiment moons" in text
   assert "| attention=metric | metric | 2 |" in text and "vs attention=softmax" in text
+  assert "| attention=l2_lipschitz | l2_lipschitz | 2 |" in text
   assert (tmp_path / "results" / "report.md").read_text() == text
   assert (tmp_path / "results" / "curves.png").exists()
   # An interrupted experiment: a run without its summary and no report yet.
@@ -51,7 +57,7 @@ def test_moons_test_budget_end_to_end_and_resume(tmp_path, capsys):
   (root / "report.md").unlink()
   capsys.readouterr()
   assert experiment.main(args) == 0
-  assert "3 runs, 2 already finished, 1 to run" in capsys.readouterr().out
+  assert "4 runs, 3 already finished, 1 to run" in capsys.readouterr().out
   assert (root / "attention=l2" / "seed=1" / "summary.json").exists()
   assert (root / "report.md").exists()
   # The same root with another budget is refused.

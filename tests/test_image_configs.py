@@ -24,7 +24,7 @@ def read_only_when(config) -> set[str]:
   keys = set()
   if config.wandb.mode == "disabled":
     keys.add("wandb.project")
-  if config.optimizer.schedule != "warmup_cosine":
+  if config.optimizer.schedule not in ("warmup_cosine", "warmup_rsqrt"):
     keys.add("optimizer.warmup_steps")
   return keys
 

@@ -88,3 +88,64 @@ def test_unknown_kind_names_the_allowed_kinds():
 def test_heads_must_divide_width():
   with pytest.raises(UserError, match="does not divide into 3 heads"):
     layer("l2", num_heads=3)
+
+
+def kim_l2_mha(x, wq, wv=None, bv=None, wo=None, bo=None, heads=1, mask=None):
+  """Kim, Papamakarios & Mnih (2021), L2-MHA read literally, float64 NumPy, one sequence
+  x [N, D]: P_h,ij ∝ exp(-||x_i W_Q,h - x_j W_Q,h||^2 / sqrt(D/H)), A_h = W_Q,h W_Q,h^T /
+  sqrt(D/H), f_h = P_h X A_h W_V,h; F = [f_1, ..., f_H] W_O. Without W_V the heads' P_h X A_h
+  are averaged (the layer's rule without a value projection)."""
+  x, wq = np.float64(x), np.float64(wq)
+  dh = wq.shape[1] // heads
+  outs = []
+  for h in range(heads):
+    w = wq[:, h * dh:(h + 1) * dh]
+    z = x @ w
+    logits = -((z[:, None] - z[None]) ** 2).sum(-1) / np.sqrt(dh)
+    if mask is not None:
+      logits = np.where(mask, logits, -np.inf)
+    p = np.exp(logits - logits.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    f = p @ x @ (w @ w.T / np.sqrt(dh))
+    if wv is not None:
+      dv = wv.shape[1] // heads
+      f = f @ np.float64(wv)[:, h * dv:(h + 1) * dv] + np.float64(bv)[h * dv:(h + 1) * dv]
+    outs.append(f)
+  if wv is None:
+    return np.mean(outs, axis=0)
+  out = np.concatenate(outs, -1)
+  return out if wo is None else out @ np.float64(wo) + np.float64(bo)
+
+
+def test_lipschitz_value_map_is_kims_l2_mha():
+  x, mask = x_and_mask()
+  m = layer("l2", value_map="lipschitz", qk_features=6, v_features=6, out_features=6)
+  got = np.asarray(m(x, mask=mask))
+  for b in range(3):
+    ref = kim_l2_mha(x[b], m.q_proj.kernel[...], m.v_proj.kernel[...], m.v_proj.bias[...],
+                     m.out_proj.kernel[...], m.out_proj.bias[...], heads=2, mask=mask[b, 0])
+    np.testing.assert_allclose(got[b], ref, rtol=2e-5, atol=2e-5)
+  # The query projection's bias cancels in the distance and is not in A_h.
+  m.q_proj.bias[...] = m.q_proj.bias[...] + 3.0
+  np.testing.assert_allclose(m(x, mask=mask), got, rtol=1e-4, atol=1e-4)
+  # Not the linear value map: the same weights give another output.
+  m.value_map = "linear"
+  assert not np.allclose(m(x, mask=mask), got, atol=1e-3)
+
+
+def test_lipschitz_value_map_without_value_projection_is_p_x_a():
+  x, _ = x_and_mask()
+  m = layer("l2", value_map="lipschitz", v_features=None, out_features=None)  # the IPN's
+  got = np.asarray(m(x))
+  assert got.shape == (3, 7, 6)
+  for b in range(3):
+    np.testing.assert_allclose(got[b], kim_l2_mha(x[b], m.q_proj.kernel[...], heads=2),
+                               rtol=2e-5, atol=2e-5)
+
+
+def test_lipschitz_value_map_only_for_l2_self_attention():
+  for kw in (dict(kind="metric"), dict(kind="softmax"), dict(kind="l2", cross=True)):
+    with pytest.raises(UserError, match="value_map=lipschitz needs l2 self-attention"):
+      layer(value_map="lipschitz", **kw)
+  with pytest.raises(UserError, match="unknown value map 'affine'; allowed: linear, lipschitz"):
+    layer("l2", value_map="affine")

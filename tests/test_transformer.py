@@ -211,9 +211,9 @@ def test_build_model_registry():
   config = ml_collections.ConfigDict({"model": tiny("l2")})
   build = lambda info: nnx.eval_shape(lambda: build_model(config, info, nnx.Rngs(0)))
   assert isinstance(build({"src_vocab_size": 10, "tgt_vocab_size": 12}), Transformer)
-  config.model.name = "transformer_encoder"
-  with pytest.raises(UserError, match="unknown model 'transformer_encoder'; allowed: ipn, vit, "
-                     "transformer"):
+  config.model.name = "transformer_lm"
+  with pytest.raises(UserError, match="unknown model 'transformer_lm'; allowed: ipn, vit, "
+                     "transformer, transformer_encoder"):
     build({"vocab_size": 10, "num_classes": 3})
 
 

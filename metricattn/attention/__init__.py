@@ -4,14 +4,18 @@
   from metricattn.attention import Attention, KINDS                      # the layer
 
 `KINDS` is the one tuple of attention kinds; `check_kind` the one place a kind is checked.
+`IMPLEMENTATIONS` ("xla", "blockwise", "cudnn"; None chooses) and `check_implementation`
+are the same for the kernels' `implementation=` argument.
 """
 
 from metricattn.attention.graph import adjacency_mask, graph_attention
-from metricattn.attention.kernels import (dot_product_attention, dot_product_logits,
+from metricattn.attention.kernels import (IMPLEMENTATIONS, check_implementation,
+                                          dot_product_attention, dot_product_logits,
                                           key_centre, key_sqnorm, l2_attention, l2_logits,
                                           masked_softmax_attend)
 from metricattn.attention.layer import KINDS, Attention, MetricMLP, check_kind, split_heads
 
-__all__ = ["KINDS", "Attention", "MetricMLP", "adjacency_mask", "check_kind",
-           "dot_product_attention", "dot_product_logits", "graph_attention", "key_centre",
-           "key_sqnorm", "l2_attention", "l2_logits", "masked_softmax_attend", "split_heads"]
+__all__ = ["IMPLEMENTATIONS", "KINDS", "Attention", "MetricMLP", "adjacency_mask",
+           "check_implementation", "check_kind", "dot_product_attention", "dot_product_logits",
+           "graph_attention", "key_centre", "key_sqnorm", "l2_attention", "l2_logits",
+           "masked_softmax_attend", "split_heads"]

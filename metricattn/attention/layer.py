@@ -13,6 +13,22 @@ kinds give the query and key sides their own P and share g.
 The value and output projections are optional: the paper's IPN propagates `H_new = S H_old`
 without them. Without a value projection every head averages the full input features and the
 heads' outputs are averaged, so the output width equals the input width.
+
+Value maps (`value_map`):
+  linear     v = y W_V (a learned value projection), or v = y without one: the default.
+  lipschitz  Kim, Papamakarios & Mnih (ICML 2021), "The Lipschitz Constant of
+             Self-Attention", L2-MHA: l2 self-attention only (queries and keys tied,
+             W_K = W_Q, as the l2 kind always is). Head h averages x A_h with
+             A_h = W_Q,h W_Q,h^T / sqrt(d_h) (W_Q,h the head's [in, d_h] block of the
+             query projection's kernel, d_h the head size, their D/H), then applies the
+             head's block of W_V: f_h(X) = P_h X A_h W_V,h with
+             P_h,ij = softmax_j(-||x_i W_Q,h - x_j W_Q,h||^2 / sqrt(d_h)) (the default
+             scale), and F(X) = [f_1(X), ..., f_H(X)] W_O. Without a value projection
+             (the IPN), W_V,h is the identity: f_h(X) = P_h X A_h, heads averaged as above.
+             The bias of P (the query projection's) cancels in the distance; A_h uses its
+             kernel only. The value map makes the layer Lipschitz (their Theorem 3.2).
+`VARIANTS` names a kind with a non-default value map for config arguments and the
+registry's grids: `l2_lipschitz` is kind l2 with value map lipschitz.
 """
 
 from __future__ import annotations
@@ -25,12 +41,40 @@ from metricattn.attention import kernels as attn_lib
 from metricattn.errors import UserError
 
 KINDS = ("softmax", "l2", "metric")
+VALUE_MAPS = ("linear", "lipschitz")
+VARIANTS = {"l2_lipschitz": ("l2", "lipschitz")}  # name -> (kind, value map)
 
 
 def check_kind(kind: str) -> str:
   if kind not in KINDS:
     raise UserError(f"unknown attention kind {kind!r}; allowed: {', '.join(KINDS)}")
   return kind
+
+
+def parse_attention(name: str) -> tuple[str, str]:
+  """A config's attention name -> (kind, value map): a kind has the linear value map, a
+  name in VARIANTS its own."""
+  if name in VARIANTS:
+    return VARIANTS[name]
+  if name not in KINDS:
+    raise UserError(f"unknown attention kind {name!r}; allowed: {', '.join([*KINDS, *VARIANTS])}")
+  return name, "linear"
+
+
+def attention_name(model_config) -> str:
+  """The attention name of a `config.model` (inverse of parse_attention): its kind, or the
+  variant for a non-default value map, e.g. l2_lipschitz."""
+  key = (model_config.attention, model_config.get("value_map", "linear"))
+  return next((name for name, v in VARIANTS.items() if v == key), model_config.attention)
+
+
+def check_value_map(value_map: str, kind: str, cross: bool = False) -> str:
+  if value_map not in VALUE_MAPS:
+    raise UserError(f"unknown value map {value_map!r}; allowed: {', '.join(VALUE_MAPS)}")
+  if value_map == "lipschitz" and (kind != "l2" or cross):
+    raise UserError(f"value_map=lipschitz needs l2 self-attention (Kim et al. 2021); got "
+                    f"{'cross-attention' if cross else 'kind ' + repr(kind)}")
+  return value_map
 
 
 def split_heads(x: jax.Array, num_heads: int) -> jax.Array:
@@ -64,14 +108,20 @@ class Attention(nnx.Module):
     scale: logit scale; None means 1/sqrt(head_dim). 1.0 is the paper's Algorithm 1.
     cross: True for cross-attention (separate query/key projections for l2 and metric).
     use_bias: bias in the projections.
+    implementation: the kernels' implementation, "xla" | "blockwise" | "cudnn", or None to
+      choose per call (see attention/kernels.py).
+    value_map: "linear" or "lipschitz" (l2 self-attention only; see module docstring).
   """
 
   def __init__(self, in_features: int, *, kind: str, num_heads: int, qk_features: int,
                rngs: nnx.Rngs, kv_features: int | None = None,
                v_features: int | None = None, out_features: int | None = None,
                d_mlp: int = 0, scale: float | None = None, cross: bool = False,
-               use_bias: bool = True):
+               use_bias: bool = True, implementation: str | None = None,
+               value_map: str = "linear"):
     self.kind = check_kind(kind)
+    self.implementation = attn_lib.check_implementation(implementation)
+    self.value_map = check_value_map(value_map, kind, cross)
     if num_heads < 1 or qk_features % num_heads:
       raise UserError(
           f"attention width {qk_features} does not divide into {num_heads} heads; "
@@ -108,19 +158,36 @@ class Attention(nnx.Module):
 
   def values(self, y: jax.Array) -> jax.Array:
     """[b, kv_len, kv_in] -> [b, kv_len, heads, v_dim]."""
+    if self.value_map == "lipschitz":
+      return self.lipschitz_values(y)
     if self.v_proj is not None:
       return split_heads(self.v_proj(y), self.num_heads)
     return jnp.broadcast_to(y[..., None, :], (*y.shape[:-1], self.num_heads, y.shape[-1]))
+
+  def lipschitz_values(self, y: jax.Array) -> jax.Array:
+    """Kim et al.'s values y A_h (W_V,h): [..., kv_len, in] -> [..., kv_len, heads, v_dim],
+    as (y W_Q,h) W_Q,h^T / sqrt(d_h), never forming the [in, in] matrix A_h."""
+    w = split_heads(self.q_proj.kernel[...], self.num_heads)   # [in, heads, d_h]
+    u = jnp.einsum("...d,dhe->...he", y, w)
+    xa = jnp.einsum("...he,dhe->...hd", u, w) / jnp.sqrt(jnp.float32(w.shape[-1]))
+    if self.v_proj is None:
+      return xa
+    wv = split_heads(self.v_proj.kernel[...], self.num_heads)  # [in, heads, v_dim]
+    v = jnp.einsum("...hd,dhe->...he", xa, wv)
+    if self.v_proj.bias is not None:
+      v = v + split_heads(self.v_proj.bias[...], self.num_heads)
+    return v
 
   def attend(self, q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None = None,
              k_sqnorm: jax.Array | None = None,
              k_centre: jax.Array | None = None) -> jax.Array:
     """Kernel plus output projection: [b, q_len, heads, v_dim] -> [b, q_len, out]."""
     if self.kind == "softmax":
-      o = attn_lib.dot_product_attention(q, k, v, mask=mask, scale=self.scale)
+      o = attn_lib.dot_product_attention(q, k, v, mask=mask, scale=self.scale,
+                                         implementation=self.implementation)
     else:
       o = attn_lib.l2_attention(q, k, v, mask=mask, scale=self.scale, k_sqnorm=k_sqnorm,
-                                k_centre=k_centre)
+                                k_centre=k_centre, implementation=self.implementation)
     return self.combine(o)
 
   def combine(self, o: jax.Array) -> jax.Array:

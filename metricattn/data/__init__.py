@@ -23,6 +23,12 @@ Mesh segmentation batches hold a padded graph of a few meshes: `x` [nodes, featu
 metricattn/data/mesh_seg.py).
 
 Translation batches hold int32 `src`, `tgt_in`, `tgt_out` (see metricattn/data/translation.py).
+
+Token classification batches (ListOps, metricattn/data/listops.py) hold `x` uint8 token ids
+[batch, seq_len] (0 = padding, which the model masks) and `y` int32 [batch]; `info` adds
+`vocab_size` and `seq_len`.
+
+Generated data sets are cached below $METRICATTN_DATA (metricattn/data/cache.py).
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ from metricattn.errors import UserError
 
 IMAGE_NAMES = ("mnist", "fashion_mnist", "cifar10", "digits")  # metricattn.data.images
 TRANSLATION_NAMES = ("multi30k", "debian_l10n", "synthetic_translation")  # data.translation, .l10n
-NAMES = ("moons", *IMAGE_NAMES, *TRANSLATION_NAMES, "mesh_seg")
+NAMES = ("moons", *IMAGE_NAMES, *TRANSLATION_NAMES, "mesh_seg", "listops")
 
 
 def get_dataset(config):
@@ -54,4 +60,7 @@ def get_dataset(config):
   if name == "mesh_seg":
     from metricattn.data.mesh_seg import MeshSegData
     return MeshSegData(config)
+  if name == "listops":
+    from metricattn.data.listops import ListOpsData
+    return ListOpsData(config)
   raise UserError(f"unknown dataset {name!r}; allowed: {', '.join(NAMES)}")

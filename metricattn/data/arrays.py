@@ -60,9 +60,10 @@ class ArrayData:
     """Indices into the training split of training batch `step`."""
     return batch_indices(len(self.splits["train"][0]), self.batch_size, self.seed, step)
 
-  def train_batch(self, step: int) -> dict[str, np.ndarray]:
+  def train_batch(self, step: int, rows: slice = slice(None)) -> dict[str, np.ndarray]:
+    """Training batch `step`, or only its `rows` (one process's share of the global batch)."""
     x, y = self.splits["train"]
-    idx = self.train_indices(step)
+    idx = self.train_indices(step)[rows]
     return {"x": x[idx], "y": y[idx]}
 
   def resident_arrays(self) -> dict[str, np.ndarray] | None:

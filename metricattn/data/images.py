@@ -191,18 +191,22 @@ def normalize(x: np.ndarray, spec: ImageSpec) -> np.ndarray:
   return out
 
 
-def crop_flip(x: np.ndarray, rng: np.random.Generator, padding: int) -> np.ndarray:
+def crop_flip(x: np.ndarray, rng: np.random.Generator, padding: int,
+              rows: slice = slice(None), total: int | None = None) -> np.ndarray:
   """Random crop after zero padding by `padding` pixels, then random horizontal flip.
 
-  x [batch, H, W, C] -> [batch, H, W, C]; one crop offset and one coin per image.
+  x [batch, H, W, C] -> [batch, H, W, C]; one crop offset and one coin per image. When x is
+  only the `rows` of a batch of `total` images, `rng` draws for the whole batch and x gets
+  its rows' draws, so a batch split over processes is augmented as the whole one.
   """
   b, h, w, _ = x.shape
+  n = b if total is None else total
   padded = np.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
-  dy, dx = rng.integers(0, 2 * padding + 1, size=(2, b))
-  flip = rng.random(b) < 0.5
-  rows = dy[:, None] + np.arange(h)[None, :]
-  cols = dx[:, None] + np.where(flip[:, None], np.arange(w)[::-1], np.arange(w))
-  return padded[np.arange(b)[:, None, None], rows[:, :, None], cols[:, None, :]]
+  dy, dx = rng.integers(0, 2 * padding + 1, size=(2, n))[:, rows]
+  flip = (rng.random(n) < 0.5)[rows]
+  ys = dy[:, None] + np.arange(h)[None, :]
+  xs = dx[:, None] + np.where(flip[:, None], np.arange(w)[::-1], np.arange(w))
+  return padded[np.arange(b)[:, None, None], ys[:, :, None], xs[:, None, :]]
 
 
 class ImageData(ArrayData):
@@ -227,10 +231,10 @@ class ImageData(ArrayData):
   def resident_arrays(self) -> dict[str, np.ndarray] | None:
     return None if self.augment else super().resident_arrays()
 
-  def train_batch(self, step: int) -> dict[str, np.ndarray]:
-    """Training batch `step`: x float32 [batch, H, W, C], y int32 [batch]."""
-    batch = super().train_batch(step)
+  def train_batch(self, step: int, rows: slice = slice(None)) -> dict[str, np.ndarray]:
+    """Training batch `step` (or its `rows`): x float32 [batch, H, W, C], y int32 [batch]."""
+    batch = super().train_batch(step, rows)
     if self.augment:
       rng = np.random.default_rng([self.seed, step, _AUGMENT_STREAM])
-      batch["x"] = crop_flip(batch["x"], rng, self.padding)
+      batch["x"] = crop_flip(batch["x"], rng, self.padding, rows, self.batch_size)
     return batch

@@ -39,13 +39,13 @@ from scipy.special import logsumexp
 from skimage.measure import marching_cubes
 from threadpoolctl import threadpool_limits
 
+from metricattn.data.cache import DATA_ENV, data_root, save_npz  # noqa: F401 (DATA_ENV)
 from metricattn.errors import UserError
 
 LABELS = ("head", "torso", "upper_arm", "forearm", "hand", "thigh", "lower_leg", "foot")
 NUM_CLASSES = len(LABELS)
 FEATURES = ("xyz", "hks")
 VERSION = 1  # bump when the generator changes: it is part of the cache file name
-DATA_ENV = "METRICATTN_DATA"
 HEAD, TORSO, UPPER_ARM, FOREARM, HAND, THIGH, LOWER_LEG, FOOT = range(NUM_CLASSES)
 
 
@@ -388,23 +388,13 @@ def save_records(path: Path, records) -> None:
   arrays["num_verts"] = np.array([len(r["verts"]) for r in records])
   arrays["num_faces"] = np.array([len(r["faces"]) for r in records])
   arrays["num_edges"] = np.array([len(r["receivers"]) for r in records])
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-  with open(tmp, "wb") as f:
-    np.savez(f, **arrays)
-  os.replace(tmp, path)
+  save_npz(path, arrays)
 
 
 def load_records(path: Path) -> list:
   with np.load(path) as z:
     split = {k: np.split(z[k], np.cumsum(z[f"num_{COUNTS[k]}"])[:-1]) for k in KEYS}
   return [dict(zip(KEYS, values)) for values in zip(*(split[k] for k in KEYS))]
-
-
-def data_root() -> Path:
-  """$METRICATTN_DATA, else ~/.cache/metricattn."""
-  root = os.environ.get(DATA_ENV)
-  return Path(root) if root else Path.home() / ".cache" / "metricattn"
 
 
 def cache_dir() -> Path:

@@ -9,9 +9,10 @@ import jax
 from flax import nnx
 
 from metricattn.errors import UserError
-from metricattn.models import ipn, transformer, vit
+from metricattn.models import ipn, transformer, transformer_encoder, vit
 
-FAMILIES = {"ipn": ipn, "vit": vit, "transformer": transformer}
+FAMILIES = {"ipn": ipn, "vit": vit, "transformer": transformer,
+            "transformer_encoder": transformer_encoder}
 
 
 def build_model(config, info: dict, rngs: nnx.Rngs) -> nnx.Module:

@@ -6,6 +6,11 @@ A batch of examples is one set: attention runs across the examples (like kNN or 
 propagation), not within an example. A block is `H_new = S H_old` with S the attention
 matrix of the configured kind; by default without value or output projection, residual or
 layer norm, as the paper describes it. Those are config options.
+
+`model.value_map` "lipschitz" (l2 only) is Kim et al.'s Lipschitz L2 attention
+(metricattn/attention/layer.py): the block becomes `H_new = S H_old A` with
+A = P P^T / sqrt(d_Q / num_heads) from the block's query/key projection P, in place of the identity
+value map (and in front of the value projection when `projections` is on).
 """
 
 from __future__ import annotations
@@ -22,9 +27,9 @@ class PropagationBlock(nnx.Module):
 
   def __init__(self, width: int, *, kind: str, num_heads: int, qk_dim: int, d_mlp: int,
                scale: float | None, residual: bool, layer_norm: bool, projections: bool,
-               rngs: nnx.Rngs):
+               rngs: nnx.Rngs, value_map: str = "linear"):
     self.attn = Attention(width, kind=kind, num_heads=num_heads, qk_features=qk_dim,
-                          d_mlp=d_mlp, scale=scale,
+                          d_mlp=d_mlp, scale=scale, value_map=value_map,
                           v_features=width if projections else None,
                           out_features=width if projections else None, rngs=rngs)
     self.norm = nnx.LayerNorm(width, rngs=rngs) if layer_norm else None
@@ -46,12 +51,13 @@ class IPN(nnx.Module):
 
   def __init__(self, in_dim: int, num_classes: int, *, width: int, depth: int, kind: str,
                num_heads: int, qk_dim: int, d_mlp: int, scale: float | None,
-               residual: bool, layer_norm: bool, projections: bool, rngs: nnx.Rngs):
+               residual: bool, layer_norm: bool, projections: bool, rngs: nnx.Rngs,
+               value_map: str = "linear"):
     self.embed = nnx.Linear(in_dim, width, rngs=rngs)
     self.blocks = nnx.List([
         PropagationBlock(width, kind=kind, num_heads=num_heads, qk_dim=qk_dim, d_mlp=d_mlp,
                          scale=scale, residual=residual, layer_norm=layer_norm,
-                         projections=projections, rngs=rngs)
+                         projections=projections, value_map=value_map, rngs=rngs)
         for _ in range(depth)])
     self.head = nnx.Linear(width, num_classes, rngs=rngs)
 
@@ -71,8 +77,9 @@ class IPN(nnx.Module):
 
 
 def from_config(m, info: dict, rngs: nnx.Rngs) -> IPN:
-  """Builds the IPN from `config.model` and the dataset's info (input_shape, num_classes)."""
+  """Builds the IPN from `config.model` and the dataset's info (input_shape, num_classes);
+  runs written before `model.value_map` existed have the linear value map."""
   return IPN(math.prod(info["input_shape"]), info["num_classes"], width=m.width,
              depth=m.depth, kind=m.attention, num_heads=m.num_heads, qk_dim=m.qk_dim,
              d_mlp=m.d_mlp, scale=m.scale, residual=m.residual, layer_norm=m.layer_norm,
-             projections=m.projections, rngs=rngs)
+             projections=m.projections, value_map=m.get("value_map", "linear"), rngs=rngs)

@@ -32,6 +32,8 @@ config.model fields, `h` in the code (the paper's values, from configs/common.py
   share_embeddings  one source/target embedding (needs one vocabulary)   False
   tie_output        output projection = target embedding transposed      False
   label_smoothing   read by the Translation task (tasks.py)              0.0 (reference) / 0.1
+  implementation    attention kernels: "xla" | "blockwise" | "cudnn", or  None
+                    None to choose per call (attention/kernels.py)
 
 Initialisation is Flax's default (LeCun normal for Linear, variance-scaled Embed), not the
 reference's Kaiming uniform.
@@ -159,9 +161,14 @@ class FeedForward(nnx.Module):
 
 
 def make_attention(h: ConfigDict, *, cross: bool, rngs: nnx.Rngs) -> Attention:
+  """An attention block; self-attention takes `h.value_map` where the config has one (the
+  encoder classifier's), cross-attention always the linear value map."""
+  value_map = "linear" if cross else h.get("value_map", "linear")
   return Attention(h.d_model, kind=h.attention, num_heads=h.num_heads, qk_features=h.qk_dim,
                    v_features=h.d_model, out_features=h.d_model, d_mlp=h.d_mlp,
-                   scale=h.scale, cross=cross, rngs=rngs)
+                   scale=h.scale, cross=cross, value_map=value_map, rngs=rngs,
+                   # .get: the configs of runs made before the field existed lack it
+                   implementation=h.get("implementation"))
 
 
 # ---------------------------------------------------------------- layers

@@ -29,6 +29,8 @@ Config fields read by `from_config` (config.model.*):
   name       str    "vit".
   variant    str    SIZE/PATCH, e.g. "Ti/4"; the patch size must divide the image size.
   attention  str    softmax | l2 | metric.
+  value_map  str    linear | lipschitz (l2 only: Kim et al.'s Lipschitz L2 attention,
+                    metricattn/attention/layer.py).
   d_mlp      int    hidden width of the metric MLP g (metric only); 0 = the variant's width.
   scale      float or None   logit scale; None = 1/sqrt(head_dim); 1.0 = the paper's Alg. 1.
   pool       str    cls (class token) | mean (mean of the patch tokens, no class token).
@@ -114,11 +116,12 @@ class Block(nnx.Module):
   """Pre-LN encoder block: x + Dropout(Attention(LN(x))); x + MLP(LN(x))."""
 
   def __init__(self, size: Size, *, kind: str, d_mlp: int, scale: float | None,
-               dropout: float, rngs: nnx.Rngs):
+               dropout: float, rngs: nnx.Rngs, value_map: str = "linear"):
     w = size.width
     self.norm1 = nnx.LayerNorm(w, rngs=rngs)
     self.attn = Attention(w, kind=kind, num_heads=size.num_heads, qk_features=w,
-                          v_features=w, out_features=w, d_mlp=d_mlp, scale=scale, rngs=rngs)
+                          v_features=w, out_features=w, d_mlp=d_mlp, scale=scale,
+                          value_map=value_map, rngs=rngs)
     self.drop = nnx.Dropout(dropout)
     self.norm2 = nnx.LayerNorm(w, rngs=rngs)
     self.mlp = MLP(w, size.mlp_dim, dropout, rngs=rngs)
@@ -142,11 +145,12 @@ class ViT(nnx.Module):
     scale: attention logit scale; None = 1/sqrt(head_dim).
     pool: "cls" or "mean".
     dropout: dropout rate.
+    value_map: "linear" or "lipschitz" (l2 only).
   """
 
   def __init__(self, image_shape: tuple[int, ...], num_classes: int, *, variant: str,
                kind: str, rngs: nnx.Rngs, d_mlp: int = 0, scale: float | None = None,
-               pool: str = "cls", dropout: float = 0.0):
+               pool: str = "cls", dropout: float = 0.0, value_map: str = "linear"):
     if len(image_shape) != 3:
       raise UserError(f"the ViT needs images [H, W, C]; the dataset's inputs have shape "
                       f"{tuple(image_shape)}")
@@ -165,7 +169,8 @@ class ViT(nnx.Module):
     self.pos = nnx.Param(0.02 * jax.random.normal(rngs.params(), (1, num_tokens, width)))
     self.drop = nnx.Dropout(dropout)
     self.blocks = nnx.List([
-        Block(size, kind=kind, d_mlp=d_mlp or width, scale=scale, dropout=dropout, rngs=rngs)
+        Block(size, kind=kind, d_mlp=d_mlp or width, scale=scale, dropout=dropout,
+              value_map=value_map, rngs=rngs)
         for _ in range(size.depth)])
     self.norm = nnx.LayerNorm(width, rngs=rngs)
     self.head = nnx.Linear(width, num_classes, kernel_init=nnx.initializers.zeros, rngs=rngs)
@@ -190,7 +195,8 @@ class ViT(nnx.Module):
 
 
 def from_config(m, info: dict, rngs: nnx.Rngs) -> ViT:
-  """Builds the ViT from `config.model` (fields: module docstring) and the dataset's info."""
+  """Builds the ViT from `config.model` (fields: module docstring) and the dataset's info;
+  runs written before `model.value_map` existed have the linear value map."""
   return ViT(tuple(info["input_shape"]), info["num_classes"], variant=m.variant,
              kind=m.attention, d_mlp=int(m.d_mlp), scale=m.scale, pool=m.pool,
-             dropout=float(m.dropout), rngs=rngs)
+             dropout=float(m.dropout), value_map=m.get("value_map", "linear"), rngs=rngs)

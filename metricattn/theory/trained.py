@@ -5,8 +5,9 @@ attention is from a symmetric (metric) kernel, and how the features cluster.
       [--out results/theory/trained]
 
 The runs are those of the `moons` experiment (`metricattn.registry`, `configs/moons_ipn.py`)
-in ROOT/attention=KIND/seed=S, every kind and seed of the budget (default `quick`: 2,000
-steps, the config's default). When any is missing, the experiment runner
+in ROOT/attention=KIND/seed=S, every seed of the budget for the three kinds (default
+`quick`: 2,000 steps, the config's default; the experiment's fourth group, l2_lipschitz,
+is trained with them but not analysed here). When any is missing, the experiment runner
 (`metricattn.experiment`, without its robustness step) trains them first; finished runs are
 reused, interrupted ones resume.
 
@@ -79,7 +80,7 @@ def workdirs(root: Path, budget: str) -> dict[tuple[str, int], Path]:
   """{(kind, seed): workdir} of the moons experiment's runs in root."""
   exp = registry.get(EXPERIMENT)
   return {(k, s): root / f"attention={k}" / f"seed={s}"
-          for k in exp.kinds for s in range(exp.budget(budget).seeds)}
+          for k in exp.kinds if k in attn_lib.KINDS for s in range(exp.budget(budget).seeds)}
 
 
 def experiment_command(root: Path, budget: str) -> str:
@@ -220,7 +221,8 @@ def feature_layer(layer: int, h: np.ndarray, y: np.ndarray, r0: float) -> LayerS
 def plain(block) -> bool:
   """H_new = S H_old exactly: no residual, layer norm or value/output projection."""
   a = block.attn
-  return not block.residual and block.norm is None and a.v_proj is None and a.out_proj is None
+  return (not block.residual and block.norm is None and a.v_proj is None
+          and a.out_proj is None and a.value_map == "linear")
 
 
 def analyse_model(model, x: np.ndarray, y: np.ndarray) -> tuple[list[LayerStats], np.ndarray]:
