@@ -25,3 +25,14 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
 def python():
   """The interpreter running the tests, for CLI subprocesses."""
   return sys.executable
+
+
+@pytest.fixture
+def fast_compile():
+  """XLA without most optimisations for a test of tiny programs, which then compile faster
+  (as flax's wmt example tests do); a whole module asks for it with
+  `pytestmark = pytest.mark.usefixtures("fast_compile")`."""
+  before = jax.config.read("jax_disable_most_optimizations")
+  jax.config.update("jax_disable_most_optimizations", True)
+  yield
+  jax.config.update("jax_disable_most_optimizations", before)

@@ -25,13 +25,8 @@ def small_blocks(monkeypatch):
   monkeypatch.setattr(blockwise, "BLOCK_K", 4)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def fast_compile():
-  """XLA without most optimisations: these tiny programs compile faster (flax's wmt tests)."""
-  before = jax.config.read("jax_disable_most_optimizations")
-  jax.config.update("jax_disable_most_optimizations", True)
-  yield
-  jax.config.update("jax_disable_most_optimizations", before)
+# XLA without most optimisations: these tiny programs compile faster (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("fast_compile")
 
 
 def masks(rng, b, lq, lk):

@@ -26,13 +26,8 @@ SRC_VOCAB, TGT_VOCAB = 20, 23
 MAX_DECODE = 12
 
 
-@pytest.fixture(scope="module", autouse=True)
-def fast_compile():
-  """XLA without most optimisations: these tiny programs compile faster (flax's wmt tests)."""
-  before = jax.config.read("jax_disable_most_optimizations")
-  jax.config.update("jax_disable_most_optimizations", True)
-  yield
-  jax.config.update("jax_disable_most_optimizations", before)
+# XLA without most optimisations: these tiny programs compile faster (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("fast_compile")
 
 
 def tiny(kind: str, **kw) -> ml_collections.ConfigDict:

@@ -6,7 +6,6 @@ survives resume."""
 import json
 import os
 
-import jax
 import ml_collections
 import orbax.checkpoint as ocp
 import pytest
@@ -20,14 +19,6 @@ from tests.test_translation_data import write_multi30k
 
 from metricattn.attention import KINDS
 
-
-@pytest.fixture
-def fast_compile():
-  """XLA without most optimisations: tiny programs compile faster (flax's wmt tests)."""
-  before = jax.config.read("jax_disable_most_optimizations")
-  jax.config.update("jax_disable_most_optimizations", True)
-  yield
-  jax.config.update("jax_disable_most_optimizations", before)
 
 
 # ---------------------------------------------------------------- synthetic

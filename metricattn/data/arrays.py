@@ -24,22 +24,23 @@ class ArrayData:
   """Classification data held as NumPy arrays.
 
   Args:
-    config: the run config (reads seed, data.batch_size, eval.mode, eval.batch_size,
-      eval.context_size).
-    splits: name -> (x float32 [n, ...], y int32 [n]); must include "train".
+    config: the run config (reads seed, data.batch_size, eval.mode (default "plain"),
+      eval.batch_size, eval.context_size).
+    splits: name -> (x [n, ...], y int32 [n]); must include "train".
     num_classes: number of classes.
     eval_splits: names of the splits to evaluate during training.
+    x_dtype: the inputs' type: float32 features, or integer tokens.
   """
 
   def __init__(self, config, splits: dict[str, tuple[np.ndarray, np.ndarray]],
-               num_classes: int, eval_splits: tuple[str, ...]):
+               num_classes: int, eval_splits: tuple[str, ...], x_dtype=np.float32):
     self.seed = int(config.seed)
     self.batch_size = int(config.data.batch_size)
-    self.mode = config.eval.mode
+    self.mode = config.eval.get("mode", "plain")
     if self.mode not in EVAL_MODES:
       raise UserError(f"unknown eval.mode {self.mode!r}; allowed: {', '.join(EVAL_MODES)}")
     self.eval_batch_size = int(config.eval.batch_size)
-    self.splits = {k: (np.asarray(x, np.float32), np.asarray(y, np.int32))
+    self.splits = {k: (np.asarray(x, x_dtype), np.asarray(y, np.int32))
                    for k, (x, y) in splits.items()}
     self.eval_splits = tuple(eval_splits)
     x_train = self.splits["train"][0]

@@ -50,7 +50,7 @@ from pathlib import Path
 import numpy as np
 
 from metricattn.data.cache import data_root, save_npz
-from metricattn.data.sampling import batch_indices, eval_chunks
+from metricattn.data.arrays import ArrayData
 from metricattn.errors import UserError
 
 VERSION = 1  # bump when the generator changes: it is part of the cache file name
@@ -195,8 +195,9 @@ def bucketed(length: int, bucket: int) -> int:
   return -(-length // bucket) * bucket
 
 
-class ListOpsData:
-  """The ListOps data set of `config.data` (fields: module docstring)."""
+class ListOpsData(ArrayData):
+  """The ListOps data set of `config.data` (fields: module docstring): uint8 tokens, plain
+  evaluation, the batching of `ArrayData`."""
 
   def __init__(self, config):
     d = config.data
@@ -207,36 +208,8 @@ class ListOpsData:
     s.check()
     if int(d.bucket) < 1:
       raise UserError(f"data.bucket must be a positive integer; got {d.bucket}")
-    self.seed = int(config.seed)
-    self.batch_size = int(config.data.batch_size)
-    self.eval_batch_size = int(config.eval.batch_size)
-    if self.batch_size > s.num_train:
-      raise UserError(f"data.batch_size {self.batch_size} exceeds the {s.num_train} "
-                      "training examples (data.num_train)")
     seq_len = bucketed(s.max_length - 1, int(d.bucket))
-    self.splits = {k: (np.pad(x, ((0, 0), (0, seq_len - x.shape[1]))), y)
-                   for k, (x, y) in load(s).items()}
-    self.eval_splits = ("val", "test")
-    self.info = {"num_classes": NUM_CLASSES, "vocab_size": len(VOCAB), "seq_len": seq_len,
-                 "input_shape": (seq_len,), "num_train": s.num_train}
-
-  def train_indices(self, step: int) -> np.ndarray:
-    return batch_indices(len(self.splits["train"][0]), self.batch_size, self.seed, step)
-
-  def train_batch(self, step: int) -> dict[str, np.ndarray]:
-    x, y = self.splits["train"]
-    idx = self.train_indices(step)
-    return {"x": x[idx], "y": y[idx]}
-
-  def resident_arrays(self) -> dict[str, np.ndarray]:
-    x, y = self.splits["train"]
-    return {"x": x, "y": y}
-
-  def eval_batches(self, split: str):
-    x, y = self.splits[split]
-    n = self.eval_batch_size
-    for start, stop in eval_chunks(len(x), n):
-      pad = n - (stop - start)
-      yield {"x": np.concatenate([x[start:stop], np.zeros((pad, x.shape[1]), x.dtype)]),
-             "y": np.concatenate([y[start:stop], np.zeros(pad, y.dtype)]),
-             "weight": (np.arange(n) < stop - start).astype(np.float32)}
+    splits = {k: (np.pad(x, ((0, 0), (0, seq_len - x.shape[1]))), y)
+              for k, (x, y) in load(s).items()}
+    super().__init__(config, splits, NUM_CLASSES, ("val", "test"), x_dtype=np.uint8)
+    self.info.update(vocab_size=len(VOCAB), seq_len=seq_len)
