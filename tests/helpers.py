@@ -1,5 +1,6 @@
 """Helpers shared by the tests: tiny configs and running the CLI."""
 
+import os
 import struct
 import subprocess
 import sys
@@ -47,8 +48,16 @@ def write_mo(path: Path, messages: dict, header: str = "Content-Type: text/plain
     for entry in entries:
       tables[column] += struct.pack("<2I", len(entry[column]), 28 + 16 * n + len(strings))
       strings += entry[column] + b"\0"
+  return write_atomic(path, head + tables[0] + tables[1] + strings)
+
+
+def write_atomic(path: Path, data: bytes) -> Path:
+  """`path` holds `data` or its old content, never a part: pytest-xdist workers write the same
+  catalogues at once (tests/conftest.py)."""
   path.parent.mkdir(parents=True, exist_ok=True)
-  path.write_bytes(head + tables[0] + tables[1] + strings)
+  tmp = path.with_name(f".{path.name}.{os.getpid()}")
+  tmp.write_bytes(data)
+  os.replace(tmp, path)
   return path
 
 
@@ -89,5 +98,5 @@ def write_l10n_catalogues(locale_dir: Path, lang: str = "de") -> Path:
   write_mo(d / "first.mo", first)
   write_mo(d / "second.mo", second)
   write_mo(d / "third.mo", {"no file was found here": "hier wurde keine Datei gefunden"})
-  (d / "broken.mo").write_bytes(b"not a catalogue")
+  write_atomic(d / "broken.mo", b"not a catalogue")
   return locale_dir
