@@ -16,12 +16,13 @@ import tempfile
 from pathlib import Path
 
 
-def write_atomic(path: str | Path, text: str) -> None:
-  """Writes `text` to `path` through a temporary file and a rename: never half a file."""
+def write_atomic(path: str | Path, text: str | bytes) -> None:
+  """Writes `text` (or bytes) to `path` through a temporary file and a rename: never half a
+  file, also when several processes write the same file at once."""
   path = Path(path)
   fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
   try:
-    with os.fdopen(fd, "w") as f:
+    with os.fdopen(fd, "wb" if isinstance(text, bytes) else "w") as f:
       f.write(text)
     umask = os.umask(0)
     os.umask(umask)

@@ -1,12 +1,12 @@
 """Helpers shared by the tests: tiny configs and running the CLI."""
 
-import os
 import struct
 import subprocess
 import sys
 from pathlib import Path
 
 from metricattn.config_utils import load_config_file, load_module, set_override
+from metricattn.runs import write_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMON = load_module(ROOT / "configs/common.py")  # what the config files share
@@ -48,16 +48,9 @@ def write_mo(path: Path, messages: dict, header: str = "Content-Type: text/plain
     for entry in entries:
       tables[column] += struct.pack("<2I", len(entry[column]), 28 + 16 * n + len(strings))
       strings += entry[column] + b"\0"
-  return write_atomic(path, head + tables[0] + tables[1] + strings)
-
-
-def write_atomic(path: Path, data: bytes) -> Path:
-  """`path` holds `data` or its old content, never a part: pytest-xdist workers write the same
-  catalogues at once (tests/conftest.py)."""
+  # Atomic: pytest-xdist workers write the same catalogues at once (tests/conftest.py).
   path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(f".{path.name}.{os.getpid()}")
-  tmp.write_bytes(data)
-  os.replace(tmp, path)
+  write_atomic(path, head + tables[0] + tables[1] + strings)
   return path
 
 

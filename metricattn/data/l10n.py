@@ -155,14 +155,18 @@ def debian_packages(files: list[Path]) -> str:
   return " ".join(sorted(versions.stdout.split())) or "unknown"
 
 
+def pairs_sha256(pairs: list[tuple[str, str]]) -> str:
+  """16 hex digits of the sha256 of the pairs: the part of the fingerprint that identifies them."""
+  return hashlib.sha256("".join(f"{e}\t{t}\n" for e, t in pairs).encode("utf-8")).hexdigest()[:16]
+
+
 def fingerprint(lang: str = "de", locale_dir: str = "/usr/share/locale", min_words: int = 3,
                 max_words: int = 30) -> dict:
   """What identifies the corpus: pairs, sha256 (16 hex digits of the pairs), catalogues,
   unreadable catalogues and packages (with versions). Two results are comparable only when
   their fingerprints' `sha256` match."""
   pairs, read, unreadable = read_corpus(str(locale_dir), lang, int(min_words), int(max_words))
-  digest = hashlib.sha256("".join(f"{e}\t{t}\n" for e, t in pairs).encode("utf-8"))
-  return {"lang": lang, "pairs": len(pairs), "sha256": digest.hexdigest()[:16],
+  return {"lang": lang, "pairs": len(pairs), "sha256": pairs_sha256(pairs),
           "catalogues": len(read), "unreadable": " ".join(p.name for p in unreadable),
           "packages": debian_packages(read)}
 
@@ -190,11 +194,12 @@ def corpus_splits(locale_dir: str, lang: str, min_words: int, max_words: int,
 def l10n_texts(d) -> dict[str, tuple[list[str], list[str]]]:
   """`corpus_splits` of config.data `d`, after checking the corpus's fingerprint."""
   if d.corpus and d.corpus.sha256:
-    now = fingerprint(d.lang, d.locale_dir, d.min_words, d.max_words)
-    if now["sha256"] != d.corpus.sha256:
+    pairs, _, _ = read_corpus(str(d.locale_dir), d.lang, int(d.min_words), int(d.max_words))
+    sha256 = pairs_sha256(pairs)  # not `fingerprint`: its package query is not needed here
+    if sha256 != d.corpus.sha256:
       raise UserError(
           f"the catalogues in {catalogue_dir(d.locale_dir, d.lang)} ({d.min_words}-"
-          f"{d.max_words} English words) give {now['pairs']} pairs (sha256 {now['sha256']}), "
+          f"{d.max_words} English words) give {len(pairs)} pairs (sha256 {sha256}), "
           f"not the corpus this config was made for ({d.corpus.pairs} pairs, sha256 "
           f"{d.corpus.sha256}); results on the two are not comparable: install the packages "
           "of configs/l10n_packages.txt, or rebuild the config on this machine (a new workdir)")
