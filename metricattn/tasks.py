@@ -10,6 +10,7 @@ and host-side:
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -61,14 +62,58 @@ class Classification:
     return {}
 
 
+def token_terms(logits: jax.Array, targets: jax.Array,
+                smoothing: float = 0.0) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Per-token (training loss, negative log-likelihood, correct) [b, T] from logits
+  [b, T, V]. With label smoothing s the loss's target is (1 - s) one-hot + s uniform over the
+  vocabulary; without, the loss is the nll. "correct" is 1.0 where the target's logit is the
+  largest (the argmax's hit; ties, which float logits do not reach in practice, count).
+
+  Values are those of `jax.nn.log_softmax` and a gather: nll = log sum exp(x - max) -
+  (x_target - max). The target is picked by a one-hot select and a sum (exact zeros added to
+  one value), not a gather, and the gradient is one fused pass, softmax(x) - target
+  distribution (a custom VJP): on a CPU the gather's scatter, argmax's variadic reduction and
+  autodiff's extra [b, T, V] passes cost more than the rest of the loss
+  (scripts/bench_transformer.py).
+  """
+  return _token_terms(logits.astype(jnp.float32), targets, float(smoothing))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _token_terms(logits, targets, smoothing):
+  return _token_terms_fwd(logits, targets, smoothing)[0]
+
+
+def _token_terms_fwd(logits, targets, smoothing):
+  shifted = logits - jnp.max(logits, axis=-1, keepdims=True)
+  lse = jnp.log(jnp.sum(jnp.exp(shifted), axis=-1, keepdims=True))
+  hit = jnp.arange(logits.shape[-1]) == targets[..., None]
+  target = jnp.sum(jnp.where(hit, shifted, 0.0), axis=-1)
+  nll = lse[..., 0] - target
+  correct = (target >= 0.0).astype(jnp.float32)  # x_target - max is 0 exactly at the max
+  loss = nll
+  if smoothing:
+    loss = (1.0 - smoothing) * nll - smoothing * jnp.mean(shifted - lse, axis=-1)
+  return (loss, nll, correct), (shifted, lse, targets)
+
+
+def _token_terms_bwd(smoothing, res, g):
+  shifted, lse, targets = res
+  g_loss, g_nll, _ = g
+  probs = jnp.exp(shifted - lse)
+  hit = jnp.arange(shifted.shape[-1]) == targets[..., None]
+  onehot = hit.astype(jnp.float32)
+  smooth = (1.0 - smoothing) * onehot + smoothing / shifted.shape[-1] if smoothing else onehot
+  d = g_loss[..., None] * (probs - smooth) + g_nll[..., None] * (probs - onehot)
+  return d, None
+
+
+_token_terms.defvjp(_token_terms_fwd, _token_terms_bwd)
+
+
 def token_losses(logits: jax.Array, targets: jax.Array, smoothing: float = 0.0) -> jax.Array:
-  """Per-token cross-entropy [b, T] from logits [b, T, V]; with label smoothing s the target
-  is (1 - s) one-hot + s uniform over the vocabulary."""
-  logp = jax.nn.log_softmax(logits.astype(jnp.float32))
-  nll = -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
-  if smoothing == 0.0:
-    return nll
-  return (1.0 - smoothing) * nll - smoothing * jnp.mean(logp, axis=-1)
+  """Per-token training loss [b, T] (see `token_terms`)."""
+  return token_terms(logits, targets, smoothing)[0]
 
 
 class Translation:
@@ -101,9 +146,7 @@ class Translation:
     logits = model(batch["src"], batch["tgt_in"], train=train, rngs=rngs)
     mask = (batch["tgt_out"] != 0).astype(jnp.float32)
     count = jnp.maximum(jnp.sum(mask), 1.0)
-    smoothed = token_losses(logits, batch["tgt_out"], self.smoothing)
-    nll = token_losses(logits, batch["tgt_out"]) if self.smoothing else smoothed
-    acc = jnp.argmax(logits, -1) == batch["tgt_out"]
+    smoothed, nll, acc = token_terms(logits, batch["tgt_out"], self.smoothing)
     loss = jnp.sum(mask * smoothed) / count
     return loss, {"loss": loss, "nll": jnp.sum(mask * nll) / count,
                   "token_accuracy": jnp.sum(mask * acc) / count}
@@ -111,8 +154,7 @@ class Translation:
   def eval_sums(self, model, batch):
     logits = model(batch["src"], batch["tgt_in"], train=False, rngs=None)
     mask = (batch["tgt_out"] != 0).astype(jnp.float32)
-    nll = token_losses(logits, batch["tgt_out"])
-    acc = (jnp.argmax(logits, -1) == batch["tgt_out"]).astype(jnp.float32)
+    _, nll, acc = token_terms(logits, batch["tgt_out"])
     return {"nll": jnp.sum(mask * nll), "correct": jnp.sum(mask * acc), "tokens": jnp.sum(mask)}
 
   def finalize(self, sums):

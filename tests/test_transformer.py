@@ -17,7 +17,7 @@ from metricattn.errors import UserError
 from metricattn.models import build_model, decoding
 from metricattn.models.decoding import decode, decode_model
 from metricattn.models.transformer import Transformer
-from metricattn.tasks import Translation, get_task, token_losses
+from metricattn.tasks import Translation, get_task, token_losses, token_terms
 from tests.helpers import COMMON
 
 from metricattn.attention import KINDS
@@ -231,6 +231,29 @@ def test_label_smoothing_loss():
   np.testing.assert_allclose(token_losses(logits, target), [[-np.log(0.7)]], rtol=1e-6)
   smooth = -(0.9 * np.log(0.7) + 0.1 * np.mean(np.log([0.7, 0.2, 0.1])))
   np.testing.assert_allclose(token_losses(logits, target, 0.1), [[smooth]], rtol=1e-6)
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_token_terms_equal_log_softmax_gather_and_argmax(smoothing):
+  """The one-hot picks and the custom gradient give the gather formula's values (bitwise)
+  and gradients (to rounding), and the argmax's hits."""
+  x = 3 * jax.random.normal(jax.random.key(0), (4, 6, 13))
+  t = jax.random.randint(jax.random.key(1), (4, 6), 0, 13)
+  w = jax.random.normal(jax.random.key(2), (4, 6))
+
+  def reference(x):
+    logp = jax.nn.log_softmax(x)
+    nll = -jnp.take_along_axis(logp, t[..., None], -1)[..., 0]
+    return (1 - smoothing) * nll - smoothing * jnp.mean(logp, -1), nll
+
+  loss, nll, correct = token_terms(x, t, smoothing)
+  ref_loss, ref_nll = reference(x)
+  np.testing.assert_array_equal(np.asarray(nll), np.asarray(ref_nll))
+  np.testing.assert_allclose(np.asarray(loss), np.asarray(ref_loss), rtol=1e-6)
+  np.testing.assert_array_equal(np.asarray(correct), np.asarray(jnp.argmax(x, -1) == t))
+  objective = lambda terms: jnp.sum(w * terms[0]) + 0.5 * jnp.sum(terms[1])
+  np.testing.assert_allclose(np.asarray(jax.grad(lambda x: objective(token_terms(x, t, smoothing)))(x)),
+                             np.asarray(jax.grad(lambda x: objective(reference(x)))(x)), atol=1e-6)
 
 
 def test_translation_task_trains_on_synthetic_data():

@@ -67,18 +67,41 @@ def _check_shapes(q: Array, k: Array, v: Array) -> None:
         f"v [b, kv_len, h, v_dim] expected; got {q.shape}, {k.shape}, {v.shape}")
 
 
+@jax.custom_vjp
+def masked_softmax(logits: Array, mask: Array | None) -> Array:
+  """Softmax over the last axis of float32 `logits`, where `mask` (broadcastable bool, or
+  None) allows; a row with no allowed entry gives zeros (never NaN).
+
+  Its gradient keeps only the weights p (`jax.nn.softmax`'s rule, dlogits = p (g - sum g p)),
+  not the masked logits and exponentials autodiff of the formula would keep: fewer
+  [q_len, kv_len] buffers and passes in the backward (scripts/bench_attention.py --vs-jax).
+  """
+  return _masked_softmax_fwd(logits, mask)[0]
+
+
+def _masked_softmax_fwd(logits, mask):
+  if mask is not None:
+    logits = jnp.where(mask, logits, -jnp.inf)
+  row_max = jnp.max(logits, axis=-1, keepdims=True)
+  weights = jnp.exp(logits - jnp.where(jnp.isfinite(row_max), row_max, 0.0))
+  denom = jnp.sum(weights, axis=-1, keepdims=True)
+  weights = weights / jnp.where(denom > 0, denom, 1.0)
+  return weights, weights
+
+
+def _masked_softmax_bwd(weights, g):
+  return weights * (g - jnp.sum(g * weights, axis=-1, keepdims=True)), None
+
+
+masked_softmax.defvjp(_masked_softmax_fwd, _masked_softmax_bwd)
+
+
 def masked_softmax_attend(logits: Array, v: Array, mask: Array | None) -> Array:
   """Softmax over the last axis of float32 `logits` [b, h, q, k], then weights @ v.
 
   Rows with no allowed key give zero weights, hence zero output.
   """
-  if mask is not None:
-    logits = jnp.where(mask, logits, -jnp.inf)
-  row_max = jnp.max(logits, axis=-1, keepdims=True)
-  row_max = jax.lax.stop_gradient(jnp.where(jnp.isfinite(row_max), row_max, 0.0))
-  weights = jnp.exp(logits - row_max)
-  denom = jnp.sum(weights, axis=-1, keepdims=True)
-  weights = weights / jnp.where(denom > 0, denom, 1.0)
+  weights = masked_softmax(logits, mask)
   out = jnp.einsum("bhqk,bkhd->bqhd", weights, v.astype(jnp.float32))
   return out.astype(v.dtype)
 

@@ -23,6 +23,8 @@ config.model fields, `h` in the code (the paper's values, from configs/common.py
   d_mlp             hidden width of the metric MLP (metric kind only)     512
   d_ff              feed-forward hidden width                             2048
   dropout           on embeddings, sublayer outputs, FFN hidden           0.1
+  dropout_rng       "hash" (cheap bits) or "threefry" (Flax's); runs      "hash"
+                    without the field: "threefry" (models/dropout.py)
   scale             attention logit scale; None = 1/sqrt(head_dim)        None
   norm              "post" (reference) or "pre" LayerNorm                 "post"
   ln_eps            LayerNorm epsilon (reference 1e-12)                   1e-12
@@ -51,6 +53,7 @@ from ml_collections import ConfigDict
 from metricattn import attention as attn_lib
 from metricattn.errors import UserError
 from metricattn.attention import Attention
+from metricattn.models.dropout import Dropout
 
 PAD = 0
 NORMS = ("post", "pre")
@@ -109,7 +112,7 @@ class Embedder(nnx.Module):
   def __init__(self, embed: nnx.Embed, h: ConfigDict, *, rngs: nnx.Rngs):
     self.embed = embed
     self.pos = nnx.Embed(h.max_len, h.d_model, rngs=rngs) if h.positions == "learned" else None
-    self.drop = nnx.Dropout(h.dropout)
+    self.drop = Dropout(h.dropout, h.get("dropout_rng", "threefry"))
     self.d_model = h.d_model
     self.max_len = h.max_len
     self.scale = math.sqrt(h.d_model) if h.scale_embeddings else 1.0
@@ -136,7 +139,7 @@ class Residual(nnx.Module):
 
   def __init__(self, h: ConfigDict, *, rngs: nnx.Rngs):
     self.norm = nnx.LayerNorm(h.d_model, epsilon=h.ln_eps, rngs=rngs)
-    self.drop = nnx.Dropout(h.dropout)
+    self.drop = Dropout(h.dropout, h.get("dropout_rng", "threefry"))
     self.pre = h.norm == "pre"
 
   def inp(self, x: jax.Array) -> jax.Array:
@@ -153,7 +156,7 @@ class FeedForward(nnx.Module):
   def __init__(self, h: ConfigDict, *, rngs: nnx.Rngs):
     self.up = nnx.Linear(h.d_model, h.d_ff, rngs=rngs)
     self.down = nnx.Linear(h.d_ff, h.d_model, rngs=rngs)
-    self.drop = nnx.Dropout(h.dropout)
+    self.drop = Dropout(h.dropout, h.get("dropout_rng", "threefry"))
 
   def __call__(self, x: jax.Array, *, train: bool, key) -> jax.Array:
     hidden = self.drop(jax.nn.relu(self.up(x)), deterministic=not train, rngs=key)

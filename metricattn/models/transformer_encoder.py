@@ -15,7 +15,7 @@ positions comes from the data set (`info["seq_len"]`, plus one for the class tok
 
 Config fields read by `from_config` (config.model.*): name ("transformer_encoder"),
 attention, value_map, num_layers, num_heads, d_model, qk_dim, d_mlp, d_ff, dropout, scale,
-norm, ln_eps, positions, scale_embeddings (meanings: metricattn/models/transformer.py;
+norm, ln_eps, positions, scale_embeddings, dropout_rng (meanings: metricattn/models/transformer.py;
 value_map: metricattn/attention/layer.py), pool. Dataset info: vocab_size, num_classes,
 seq_len.
 """
@@ -70,6 +70,7 @@ def from_config(m: ConfigDict, info: dict, rngs: nnx.Rngs) -> EncoderClassifier:
   """Builds the classifier from `config.model` (fields: module docstring) and the dataset's
   info (vocab_size, num_classes, seq_len)."""
   h = ConfigDict({k: m[k] for k in FIELDS})
+  h.dropout_rng = m.get("dropout_rng", "threefry")  # runs made before the field: threefry
   h.max_len = int(info["seq_len"]) + (m.pool == "cls")
   return EncoderClassifier(info["vocab_size"], info["num_classes"], h, pool=m.pool,
                            rngs=rngs)
