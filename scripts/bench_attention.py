@@ -5,6 +5,7 @@ train step per attention kind; print the ratios l2/dot (target: at most 1.1). Or
   python scripts/bench_attention.py [--shape 8,1024,8,64] [--reps 7]
   python scripts/bench_attention.py --lengths 1024,2048,4096,8192,16384,32768 [--reps 3]
       [--implementations xla,blockwise]
+  python scripts/bench_attention.py --vs-jax 1024,2048,4096,8192 [--reps 5]
 
 Repetitions of the variants are interleaved and the median is reported, so machine noise
 hits all variants alike. Compilation is excluded.
@@ -19,6 +20,13 @@ times dot and l2 interleaved (median of `--reps`; the warm-up alone when it took
 `--budget-s`) and reports its peak
 resident memory (`ru_maxrss` of the subprocess, both kinds and the JAX runtime included:
 the `peak RSS GB` column). `uptime` is printed before and after.
+
+--vs-jax: our plain kernels (`implementation="xla"`: dot, and l2 through its augmented
+vectors) against `jax.nn.dot_product_attention(implementation="xla")` at batch 1, 8 heads,
+head size 64, forward+backward, without a mask and with a causal one (ours as a boolean
+mask array, jax's as `is_causal=True`), at each length: times interleaved (medians of
+`--reps`) and XLA's buffers (arguments + outputs + temporaries) of each compiled program, with
+the ratios to jax's (targets of issue #13: at most 1.05 in time and at most 1.0 in memory).
 """
 
 from __future__ import annotations
@@ -198,6 +206,47 @@ def length_table(rows: list[dict]) -> tuple[list[str], list[list]]:
   return header, out
 
 
+# ---------------------------------------------------------------- --vs-jax
+
+def jax_xla(q, k, v, causal: bool):
+  return jax.nn.dot_product_attention(q, k, v, is_causal=causal, implementation="xla")
+
+
+def ours(kernel, q, k, v, causal: bool):
+  mask = jnp.tril(jnp.ones((q.shape[1], k.shape[1]), bool)) if causal else None
+  return kernel(q, k, v, mask=mask, implementation="xla")
+
+
+def bench_vs_jax(a) -> None:
+  from metricattn.reporting import machine_description, markdown_table
+  print(f"{machine_description()}; batch 1, {a.heads} heads, head size {a.head_dim}, float32, "
+        f"forward+backward, medians of {a.reps} interleaved runs")
+  print(f"before: {uptime()}", flush=True)
+  header = ["length", "mask", "jax.nn xla s", "dot s", "l2 s", "dot/jax", "l2/jax",
+            "jax.nn XLA GB", "dot GB", "l2 GB", "dot/jax GB", "l2/jax GB"]
+  rows = []
+  for n in [int(x) for x in a.vs_jax.split(",")]:
+    keys = jax.random.split(jax.random.key(0), 3)
+    qkv = tuple(jax.random.normal(k, (1, n, a.heads, a.head_dim), jnp.float32) for k in keys)
+    for causal in (False, True):
+      kernels = {"jax": functools.partial(jax_xla, causal=causal),
+                 "dot": functools.partial(ours, A.dot_product_attention, causal=causal),
+                 "l2": functools.partial(ours, A.l2_attention, causal=causal)}
+      fns = {name: fwd_bwd(kernel).lower(*qkv).compile() for name, kernel in kernels.items()}
+      mem = {name: memory_bytes(fn) for name, fn in fns.items()}
+      t = time_interleaved(fns, {name: qkv for name in fns}, a.reps)
+      row = [n, "causal" if causal else "none", f"{t['jax']:.3f}", f"{t['dot']:.3f}",
+             f"{t['l2']:.3f}", f"{t['dot'] / t['jax']:.3f}", f"{t['l2'] / t['jax']:.3f}",
+             *(f"{mem[k] / GB:.2f}" for k in ("jax", "dot", "l2")),
+             f"{mem['dot'] / mem['jax']:.3f}", f"{mem['l2'] / mem['jax']:.3f}"]
+      rows.append(row)
+      print(json.dumps(dict(zip(header, row))), flush=True)
+      del fns
+  print(f"after: {uptime()}")
+  print()
+  print("\n".join(markdown_table(header, rows)))
+
+
 def main():
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--shape", default="8,1024,8,64", help="batch,length,heads,head_dim")
@@ -212,6 +261,7 @@ def main():
                  help="--lengths: skip a program XLA says needs more memory than this")
   p.add_argument("--implementations", default=",".join(LENGTH_IMPLEMENTATIONS),
                  help="--lengths: which implementations")
+  p.add_argument("--vs-jax", help="comma-separated lengths: ours against jax.nn's kernel")
   p.add_argument("--point", help=argparse.SUPPRESS)   # LENGTH,IMPL: the subprocess's job
   a = p.parse_args()
   if a.point:
@@ -221,6 +271,9 @@ def main():
     return
   if a.lengths:
     bench_lengths(a)
+    return
+  if a.vs_jax:
+    bench_vs_jax(a)
     return
   print(f"jax {jax.__version__} on {jax.devices()[0].device_kind} ({jax.devices()[0].platform})")
   bench_kernels(tuple(int(x) for x in a.shape.split(",")), a.reps, a.naive)

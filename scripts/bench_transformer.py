@@ -155,7 +155,8 @@ def measure(a) -> dict:
          "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
          "params": n_params, "cpu_per_wall": round(cpu / wall, 2),
          "first_loss": round(losses[0], 4), "last_loss": round(losses[-1], 4),
-         "gflop_per_step": round(flops / 1e9, 2), "gflops": round(flops / med / 1e9, 1),
+         "gflop_per_step": float(f"{flops / 1e9:.4g}"),
+         "gflops": float(f"{flops / med / 1e9:.4g}"),
          "jax": jax.__version__}
   if a.roof:
     out["roof_f32_gflops"] = round(matmul_roof("float32") / 1e9, 1)
