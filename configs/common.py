@@ -24,7 +24,8 @@ def transformer(attention: str, **sizes) -> dict:
                scale=ml_collections.FieldReference(None, field_type=float), norm="post",
                ln_eps=1e-12, positions="sinusoidal", max_len=256, scale_embeddings=False,
                share_embeddings=False, tie_output=False, label_smoothing=0.0,
-               implementation=ml_collections.FieldReference(None, field_type=str))
+               implementation=ml_collections.FieldReference(None, field_type=str),
+               dtype="float32")
   unknown = set(sizes) - set(model)
   if unknown:
     raise UserError(f"unknown Transformer fields {sorted(unknown)}; allowed: {', '.join(model)}")

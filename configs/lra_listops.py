@@ -48,7 +48,8 @@ Fields (every one is read by the trainer, the data or the model):
   eval.batch_size
   model.name, model.attention, model.value_map, model.num_layers, model.num_heads,
   model.d_model, model.qk_dim, model.d_mlp, model.d_ff, model.dropout, model.scale,
-  model.norm, model.ln_eps, model.positions, model.scale_embeddings, model.pool
+  model.norm, model.ln_eps, model.positions, model.scale_embeddings, model.pool,
+  model.dropout_rng, model.dtype (float32 | bfloat16)
                                            (metricattn/models/transformer_encoder.py)
   optimizer.name, .lr, .weight_decay, .b1, .b2, .eps, .grad_clip, .schedule, .warmup_steps
                                            (metricattn/optim.py)
@@ -97,7 +98,7 @@ def get_config(arg=None):
                 **size["data"])
   c.eval = dict(batch_size=size["eval_batch"])
   c.model = dict(name="transformer_encoder", **common.attention(arg.attention),
-                 **size["model"], dropout=0.1, dropout_rng="threefry",
+                 **size["model"], dropout=0.1, dropout_rng="threefry", dtype="float32",
                  scale=ml_collections.FieldReference(None, field_type=float), norm="pre",
                  ln_eps=1e-6, positions="sinusoidal", scale_embeddings=False, pool="cls")
   c.optimizer = dict(name="adamw", lr=LRA_LR / math.sqrt(warmup), weight_decay=0.1, b1=0.9,

@@ -26,7 +26,8 @@ Fields (every one is read by the trainer, the data, the task or the model):
   eval.batch_size, .beam_size, .length_penalty, .max_decode_len   (metricattn/tasks.py)
   model.name, .attention, .num_layers, .num_heads, .d_model, .qk_dim, .d_mlp, .d_ff,
   .dropout, .scale, .norm, .ln_eps, .positions, .max_len, .scale_embeddings,
-  .share_embeddings, .tie_output, .implementation   (metricattn/models/transformer.py),
+  .share_embeddings, .tie_output, .implementation, .dtype (float32 | bfloat16)
+                                           (metricattn/models/transformer.py),
   .label_smoothing                         (metricattn/tasks.py)
   optimizer.name, .lr, .weight_decay, .b1, .b2, .eps, .grad_clip, .schedule, .warmup_steps
                                            (metricattn/optim.py)

@@ -88,8 +88,7 @@ def config_for(a):
   m.num_layers, m.num_heads, m.d_model, m.qk_dim, m.d_mlp = (
       a.layers, a.heads, a.d_model, a.d_model, a.d_model)
   m.d_ff, m.dropout, m.max_len = a.ffn, a.dropout, max(256, a.src_len, a.tgt_len)
-  if a.dtype != "float32":
-    m.dtype = a.dtype
+  m.dtype = a.dtype
   return c
 
 

@@ -12,7 +12,10 @@ Shapes (the layout of `jax.nn.dot_product_attention`):
   out   [batch, q_len, heads, v_dim], in the dtype of `v`.
 
 Logits and softmax are computed in float32 whatever the input dtype. A query row that may
-attend to no key returns zeros (never NaN).
+attend to no key returns zeros (never NaN). float32 inputs run in float32 throughout;
+bfloat16/float16 inputs (mixed precision, `LOW_PRECISION`) multiply in their own dtype with
+float32 accumulation (the logits are float32), the softmax runs in float32, and its weights
+are cast to v's dtype for the product with v.
 
 L2 attention uses the identity  -||q - k||^2 = 2 q.k - ||q||^2 - ||k||^2.  The ||q||^2 term
 is constant along a softmax row and cancels, so the logits are `scale * (2 q.k - ||k||^2)`:
@@ -28,7 +31,8 @@ centre they used with them: `k_sqnorm = key_sqnorm(k, k_centre)`.
 Implementations (`implementation=` of both kernels; all give the same values):
   "xla"        the plain kernel: the whole float32 logits [batch, heads, q_len, kv_len].
   "blockwise"  online softmax over blocks of queries and keys with a recomputing backward
-               pass (`blockwise.py`): memory linear in length, pure JAX, any backend.
+               pass (`blockwise.py`): memory linear in length, pure JAX, any backend;
+               it computes in float32 whatever the input dtype.
   "cudnn"      `jax.nn.dot_product_attention(implementation="cudnn")`, the fused GPU kernel
                (CUDA only; float16/bfloat16, float32 inputs run in bfloat16).
   None         `choose_implementation`: cudnn on a CUDA GPU for float16/bfloat16 inputs whose
@@ -50,6 +54,11 @@ from metricattn.attention import blockwise
 from metricattn.errors import UserError
 
 Array = jax.Array
+LOW_PRECISION = (jnp.bfloat16, jnp.float16)
+
+
+def _low(x: Array) -> bool:
+  return x.dtype in LOW_PRECISION
 
 
 def _default_scale(head_dim: int, scale: float | None) -> float:
@@ -102,13 +111,21 @@ def masked_softmax_attend(logits: Array, v: Array, mask: Array | None) -> Array:
   Rows with no allowed key give zero weights, hence zero output.
   """
   weights = masked_softmax(logits, mask)
+  if _low(v):
+    out = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(v.dtype), v,
+                     preferred_element_type=jnp.float32)
+    return out.astype(v.dtype)
   out = jnp.einsum("bhqk,bkhd->bqhd", weights, v.astype(jnp.float32))
   return out.astype(v.dtype)
 
 
 def dot_product_logits(q: Array, k: Array, *, scale: float | None = None) -> Array:
-  """float32 logits `scale * q.k`, shape [batch, heads, q_len, kv_len]."""
+  """float32 logits `scale * q.k`, shape [batch, heads, q_len, kv_len]. bfloat16/float16
+  q and k are multiplied in their dtype with float32 accumulation."""
   s = _default_scale(q.shape[-1], scale)
+  if _low(q) and _low(k):
+    return jnp.einsum("bqhd,bkhd->bhqk", s * q, k.astype(q.dtype),
+                      preferred_element_type=jnp.float32)
   # Scaling q ([.., q_len, d]) is cheaper than scaling the logits ([.., q_len, kv_len]).
   return jnp.einsum("bqhd,bkhd->bhqk", s * q.astype(jnp.float32), k.astype(jnp.float32))
 
@@ -133,7 +150,8 @@ def l2_augmented(q: Array, k: Array, *, scale: float | None = None,
                  k_centre: Array | None = None) -> tuple[Array, Array]:
   """float32 augmented vectors `[2 s (q - c), -s]` [b, q_len, h, d + 1] and
   `[k - c, ||k - c||^2]` [b, kv_len, h, d + 1], whose dot product is the L2 logits up to a
-  per-row constant (see `l2_logits`); every implementation of `l2_attention` uses them."""
+  per-row constant (see `l2_logits`); every implementation of `l2_attention` uses them
+  (cast to q's dtype when that is bfloat16/float16)."""
   if k_sqnorm is not None and k_centre is None:
     raise ValueError("l2_logits: k_sqnorm must come with the k_centre it was computed about")
   s = _default_scale(q.shape[-1], scale)
@@ -160,6 +178,8 @@ def l2_logits(q: Array, k: Array, *, scale: float | None = None,
   over the [q_len, kv_len] logits (measured by scripts/bench_attention.py).
   """
   q_aug, k_aug = l2_augmented(q, k, scale=scale, k_sqnorm=k_sqnorm, k_centre=k_centre)
+  if _low(q):
+    return dot_product_logits(q_aug.astype(q.dtype), k_aug.astype(q.dtype), scale=1.0)
   return jnp.einsum("bqhd,bkhd->bhqk", q_aug, k_aug)
 
 
@@ -281,6 +301,6 @@ def l2_attention(q: Array, k: Array, v: Array, *, mask: Array | None = None,
   impl = check_implementation(implementation) or choose_implementation(q, k, v, mask,
                                                                        q.shape[-1] + 1)
   q_aug, k_aug = l2_augmented(q, k, scale=scale, k_sqnorm=k_sqnorm, k_centre=k_centre)
-  if impl == "cudnn" and q.dtype in (jnp.float16, jnp.bfloat16):
+  if _low(q):  # mixed precision: the matmul in q's dtype (the vectors are built in float32)
     q_aug, k_aug = q_aug.astype(q.dtype), k_aug.astype(q.dtype)
   return _attend(q_aug, k_aug, v, mask, 1.0, impl)

@@ -85,9 +85,9 @@ def split_heads(x: jax.Array, num_heads: int) -> jax.Array:
 class MetricMLP(nnx.Module):
   """The residual tanh MLP g(u) = u + W2 tanh(W1 u + b1) + b2 of metric-attention."""
 
-  def __init__(self, dim: int, hidden: int, *, rngs: nnx.Rngs):
-    self.hidden = nnx.Linear(dim, hidden, rngs=rngs)
-    self.out = nnx.Linear(hidden, dim, rngs=rngs)
+  def __init__(self, dim: int, hidden: int, *, rngs: nnx.Rngs, dtype=None):
+    self.hidden = nnx.Linear(dim, hidden, dtype=dtype, rngs=rngs)
+    self.out = nnx.Linear(hidden, dim, dtype=dtype, rngs=rngs)
 
   def __call__(self, u: jax.Array) -> jax.Array:
     return u + self.out(jnp.tanh(self.hidden(u)))
@@ -111,6 +111,9 @@ class Attention(nnx.Module):
     implementation: the kernels' implementation, "xla" | "blockwise" | "cudnn", or None to
       choose per call (see attention/kernels.py).
     value_map: "linear" or "lipschitz" (l2 self-attention only; see module docstring).
+    dtype: the computation dtype of the projections and the metric MLP (parameters stay
+      float32), e.g. jnp.bfloat16 for mixed precision; None (float32 inputs run in float32).
+      The kernels take their inputs' dtype (attention/kernels.py: float32 softmax).
   """
 
   def __init__(self, in_features: int, *, kind: str, num_heads: int, qk_features: int,
@@ -118,7 +121,7 @@ class Attention(nnx.Module):
                v_features: int | None = None, out_features: int | None = None,
                d_mlp: int = 0, scale: float | None = None, cross: bool = False,
                use_bias: bool = True, implementation: str | None = None,
-               value_map: str = "linear"):
+               value_map: str = "linear", dtype=None):
     self.kind = check_kind(kind)
     self.implementation = attn_lib.check_implementation(implementation)
     self.value_map = check_value_map(value_map, kind, cross)
@@ -135,12 +138,13 @@ class Attention(nnx.Module):
     kv_features = kv_features or in_features
     self.num_heads = num_heads
     self.scale = scale
-    linear = lambda i, o: nnx.Linear(i, o, use_bias=use_bias, rngs=rngs)
+    self.dtype = dtype
+    linear = lambda i, o: nnx.Linear(i, o, use_bias=use_bias, dtype=dtype, rngs=rngs)
     self.q_proj = linear(in_features, qk_features)
     tied = kind != "softmax" and not cross
     # l2/metric self-attention: one P for both sides (the same module object).
     self.k_proj = self.q_proj if tied else linear(kv_features, qk_features)
-    self.g = MetricMLP(qk_features, d_mlp, rngs=rngs) if kind == "metric" else None
+    self.g = MetricMLP(qk_features, d_mlp, rngs=rngs, dtype=dtype) if kind == "metric" else None
     self.v_proj = linear(kv_features, v_features) if v_features else None
     v_width = v_features or kv_features
     self.out_proj = linear(v_width, out_features) if out_features else None
@@ -167,15 +171,17 @@ class Attention(nnx.Module):
   def lipschitz_values(self, y: jax.Array) -> jax.Array:
     """Kim et al.'s values y A_h (W_V,h): [..., kv_len, in] -> [..., kv_len, heads, v_dim],
     as (y W_Q,h) W_Q,h^T / sqrt(d_h), never forming the [in, in] matrix A_h."""
-    w = split_heads(self.q_proj.kernel[...], self.num_heads)   # [in, heads, d_h]
+    cast = lambda a: a if self.dtype is None else a.astype(self.dtype)  # mixed precision
+    w = cast(split_heads(self.q_proj.kernel[...], self.num_heads))   # [in, heads, d_h]
+    y = cast(y)
     u = jnp.einsum("...d,dhe->...he", y, w)
-    xa = jnp.einsum("...he,dhe->...hd", u, w) / jnp.sqrt(jnp.float32(w.shape[-1]))
+    xa = cast(jnp.einsum("...he,dhe->...hd", u, w) / jnp.sqrt(jnp.float32(w.shape[-1])))
     if self.v_proj is None:
       return xa
-    wv = split_heads(self.v_proj.kernel[...], self.num_heads)  # [in, heads, v_dim]
+    wv = cast(split_heads(self.v_proj.kernel[...], self.num_heads))  # [in, heads, v_dim]
     v = jnp.einsum("...hd,dhe->...he", xa, wv)
     if self.v_proj.bias is not None:
-      v = v + split_heads(self.v_proj.bias[...], self.num_heads)
+      v = v + cast(split_heads(self.v_proj.bias[...], self.num_heads))
     return v
 
   def attend(self, q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None = None,

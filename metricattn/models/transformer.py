@@ -36,6 +36,15 @@ config.model fields, `h` in the code (the paper's values, from configs/common.py
   label_smoothing   read by the Translation task (tasks.py)              0.0 (reference) / 0.1
   implementation    attention kernels: "xla" | "blockwise" | "cudnn", or  None
                     None to choose per call (attention/kernels.py)
+  dtype             "float32", or "bfloat16": mixed precision (below);    "float32"
+                    runs without the field: "float32"
+
+Mixed precision (`dtype` "bfloat16"): parameters (hence gradients and optimizer state) stay
+float32; every Linear, Embed and LayerNorm computes in bfloat16 (Flax's `dtype=`), so
+matmuls and activations are bfloat16. LayerNorm's statistics (Flax computes them in at least
+float32), the attention logits (float32 accumulation) and softmax (attention/kernels.py), and
+the loss (tasks.py casts the logits to float32) stay float32. "float32" is the computation
+of the runs made before the field, bit for bit.
 
 Initialisation is Flax's default (LeCun normal for Linear, variance-scaled Embed), not the
 reference's Kaiming uniform.
@@ -58,10 +67,14 @@ from metricattn.models.dropout import Dropout
 PAD = 0
 NORMS = ("post", "pre")
 POSITIONS = ("sinusoidal", "learned")
+# model.dtype -> the `dtype=` of the Flax layers (None: float32 in, float32 out, as before
+# the field existed).
+DTYPES = {"float32": None, "bfloat16": jnp.bfloat16}
 
 
 def check(h: ConfigDict) -> None:
-  """UserError for a bad norm, positions or dropout (the Attention layer checks the kind)."""
+  """UserError for a bad norm, positions, dropout or dtype (the Attention layer checks the
+  kind)."""
   if h.norm not in NORMS:
     raise UserError(f"unknown model.norm {h.norm!r}; allowed: {', '.join(NORMS)}")
   if h.positions not in POSITIONS:
@@ -69,6 +82,14 @@ def check(h: ConfigDict) -> None:
         f"unknown model.positions {h.positions!r}; allowed: {', '.join(POSITIONS)}")
   if not 0.0 <= h.dropout < 1.0:
     raise UserError(f"model.dropout must be in [0, 1); got {h.dropout}")
+  if h.get("dtype", "float32") not in DTYPES:
+    raise UserError(f"unknown model.dtype {h.dtype!r}; allowed: {', '.join(DTYPES)}")
+
+
+def compute_dtype(h: ConfigDict):
+  """The Flax layers' `dtype=` for `h.dtype` (checked by `check`): None or jnp.bfloat16."""
+  # .get: the configs of runs made before the field existed lack it
+  return DTYPES[h.get("dtype", "float32")]
 
 
 class DropoutKeys:
@@ -111,7 +132,8 @@ class Embedder(nnx.Module):
 
   def __init__(self, embed: nnx.Embed, h: ConfigDict, *, rngs: nnx.Rngs):
     self.embed = embed
-    self.pos = nnx.Embed(h.max_len, h.d_model, rngs=rngs) if h.positions == "learned" else None
+    self.pos = (nnx.Embed(h.max_len, h.d_model, dtype=compute_dtype(h), rngs=rngs)
+                if h.positions == "learned" else None)
     self.drop = Dropout(h.dropout, h.get("dropout_rng", "threefry"))
     self.d_model = h.d_model
     self.max_len = h.max_len
@@ -121,7 +143,8 @@ class Embedder(nnx.Module):
                key: jax.Array | None) -> jax.Array:
     """tokens int [b, L], positions int [L] (static bound max_len) -> [b, L, d]."""
     x = self.embed(tokens) * self.scale
-    pos = self.pos(positions) if self.pos is not None else sinusoid(positions, self.d_model)
+    pos = (self.pos(positions) if self.pos is not None
+           else sinusoid(positions, self.d_model).astype(x.dtype))
     return self.drop(x + pos, deterministic=not train, rngs=key)
 
 
@@ -138,7 +161,7 @@ class Residual(nnx.Module):
   """
 
   def __init__(self, h: ConfigDict, *, rngs: nnx.Rngs):
-    self.norm = nnx.LayerNorm(h.d_model, epsilon=h.ln_eps, rngs=rngs)
+    self.norm = nnx.LayerNorm(h.d_model, epsilon=h.ln_eps, dtype=compute_dtype(h), rngs=rngs)
     self.drop = Dropout(h.dropout, h.get("dropout_rng", "threefry"))
     self.pre = h.norm == "pre"
 
@@ -154,8 +177,8 @@ class FeedForward(nnx.Module):
   """Linear -> ReLU -> dropout -> Linear: [..., d] -> [..., d]."""
 
   def __init__(self, h: ConfigDict, *, rngs: nnx.Rngs):
-    self.up = nnx.Linear(h.d_model, h.d_ff, rngs=rngs)
-    self.down = nnx.Linear(h.d_ff, h.d_model, rngs=rngs)
+    self.up = nnx.Linear(h.d_model, h.d_ff, dtype=compute_dtype(h), rngs=rngs)
+    self.down = nnx.Linear(h.d_ff, h.d_model, dtype=compute_dtype(h), rngs=rngs)
     self.drop = Dropout(h.dropout, h.get("dropout_rng", "threefry"))
 
   def __call__(self, x: jax.Array, *, train: bool, key) -> jax.Array:
@@ -171,7 +194,7 @@ def make_attention(h: ConfigDict, *, cross: bool, rngs: nnx.Rngs) -> Attention:
                    v_features=h.d_model, out_features=h.d_model, d_mlp=h.d_mlp,
                    scale=h.scale, cross=cross, value_map=value_map, rngs=rngs,
                    # .get: the configs of runs made before the field existed lack it
-                   implementation=h.get("implementation"))
+                   implementation=h.get("implementation"), dtype=compute_dtype(h))
 
 
 # ---------------------------------------------------------------- layers
@@ -225,13 +248,15 @@ class DecoderLayer(nnx.Module):
     return cache
 
   def empty_cache(self, batch: int, max_len: int) -> dict:
-    """Self-attention cache for `max_len` positions, all zeros."""
+    """Self-attention cache for `max_len` positions, all zeros: keys and values in the
+    activations' dtype, the squared norms (l2/metric) in float32."""
     a = self.self_attn
     heads = a.num_heads
     k_dim = a.q_proj.out_features // heads
     v_dim = a.v_proj.out_features // heads
-    cache = {"k": jnp.zeros((batch, max_len, heads, k_dim), jnp.float32),
-             "v": jnp.zeros((batch, max_len, heads, v_dim), jnp.float32)}
+    dtype = a.dtype or jnp.float32
+    cache = {"k": jnp.zeros((batch, max_len, heads, k_dim), dtype),
+             "v": jnp.zeros((batch, max_len, heads, v_dim), dtype)}
     if a.kind != "softmax":
       cache["k_sq"] = jnp.zeros((batch, max_len, heads), jnp.float32)
     return cache
@@ -270,7 +295,8 @@ class Stack(nnx.Module):
   def __init__(self, embed: nnx.Embed, h: ConfigDict, *, rngs: nnx.Rngs):
     self.embedder = Embedder(embed, h, rngs=rngs)
     self.layers = nnx.List([self.LAYER(h, rngs=rngs) for _ in range(h.num_layers)])
-    self.final_norm = (nnx.LayerNorm(h.d_model, epsilon=h.ln_eps, rngs=rngs)
+    self.final_norm = (nnx.LayerNorm(h.d_model, epsilon=h.ln_eps, dtype=compute_dtype(h),
+                                     rngs=rngs)
                        if h.norm == "pre" else None)
 
   def finish(self, x: jax.Array) -> jax.Array:
@@ -333,14 +359,16 @@ class Transformer(nnx.Module):
       raise UserError(f"model.share_embeddings needs one vocabulary; source has {src_vocab} "
                       f"tokens, target {tgt_vocab} (set data.shared_vocab=True)")
     self.dropout, self.max_len = h.dropout, h.max_len
-    src_embed = nnx.Embed(src_vocab, h.d_model, rngs=rngs)
-    tgt_embed = src_embed if h.share_embeddings else nnx.Embed(tgt_vocab, h.d_model, rngs=rngs)
+    dtype = compute_dtype(h)
+    src_embed = nnx.Embed(src_vocab, h.d_model, dtype=dtype, rngs=rngs)
+    tgt_embed = (src_embed if h.share_embeddings
+                 else nnx.Embed(tgt_vocab, h.d_model, dtype=dtype, rngs=rngs))
     self.encoder = Encoder(src_embed, h, rngs=rngs)
     self.decoder = Decoder(tgt_embed, h, rngs=rngs)
-    self.out = None if h.tie_output else nnx.Linear(h.d_model, tgt_vocab, rngs=rngs)
+    self.out = None if h.tie_output else nnx.Linear(h.d_model, tgt_vocab, dtype=dtype, rngs=rngs)
 
   def logits(self, hidden: jax.Array) -> jax.Array:
-    """[..., d] -> [..., tgt_vocab]."""
+    """[..., d] -> [..., tgt_vocab], in the activations' dtype (the loss casts to float32)."""
     if self.out is None:
       return self.decoder.embedder.embed.attend(hidden)
     return self.out(hidden)

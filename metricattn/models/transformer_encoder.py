@@ -15,9 +15,10 @@ positions comes from the data set (`info["seq_len"]`, plus one for the class tok
 
 Config fields read by `from_config` (config.model.*): name ("transformer_encoder"),
 attention, value_map, num_layers, num_heads, d_model, qk_dim, d_mlp, d_ff, dropout, scale,
-norm, ln_eps, positions, scale_embeddings, dropout_rng (meanings: metricattn/models/transformer.py;
-value_map: metricattn/attention/layer.py), pool. Dataset info: vocab_size, num_classes,
-seq_len.
+norm, ln_eps, positions, scale_embeddings, dropout_rng, dtype (meanings:
+metricattn/models/transformer.py; value_map: metricattn/attention/layer.py), pool. Dataset
+info: vocab_size, num_classes, seq_len. With dtype "bfloat16" the classifier's head computes
+in bfloat16 too; pooling is float32 and the task casts the logits to float32.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from flax import nnx
 from ml_collections import ConfigDict
 
 from metricattn.errors import UserError
-from metricattn.models.transformer import PAD, Encoder, check, check_rngs
+from metricattn.models.transformer import PAD, Encoder, check, check_rngs, compute_dtype
 
 POOLS = ("cls", "mean")
 FIELDS = ("attention", "value_map", "num_layers", "num_heads", "d_model", "qk_dim", "d_mlp",
@@ -46,10 +47,11 @@ class EncoderClassifier(nnx.Module):
       raise UserError(f"unknown model.pool {pool!r}; allowed: {', '.join(POOLS)}")
     self.pool, self.dropout = pool, h.dropout
     self.cls_id = vocab_size
-    embed = nnx.Embed(vocab_size + (pool == "cls"), h.d_model, rngs=rngs)
+    dtype = compute_dtype(h)
+    embed = nnx.Embed(vocab_size + (pool == "cls"), h.d_model, dtype=dtype, rngs=rngs)
     self.encoder = Encoder(embed, h, rngs=rngs)
-    self.hidden = nnx.Linear(h.d_model, h.d_ff, rngs=rngs)
-    self.head = nnx.Linear(h.d_ff, num_classes, rngs=rngs)
+    self.hidden = nnx.Linear(h.d_model, h.d_ff, dtype=dtype, rngs=rngs)
+    self.head = nnx.Linear(h.d_ff, num_classes, dtype=dtype, rngs=rngs)
 
   def __call__(self, x: jax.Array, *, train: bool = False, rngs=None) -> jax.Array:
     keys = check_rngs(self.dropout, train, rngs)
@@ -61,8 +63,9 @@ class EncoderClassifier(nnx.Module):
     if self.pool == "cls":
       pooled = states[:, 0]
     else:
-      valid = (tokens != PAD).astype(states.dtype)[..., None]
-      pooled = jnp.sum(states * valid, axis=1) / jnp.maximum(jnp.sum(valid, axis=1), 1.0)
+      valid = (tokens != PAD).astype(jnp.float32)[..., None]
+      pooled = (jnp.sum(states.astype(jnp.float32) * valid, axis=1)
+                / jnp.maximum(jnp.sum(valid, axis=1), 1.0))
     return self.head(jax.nn.relu(self.hidden(pooled)))
 
 
@@ -71,6 +74,7 @@ def from_config(m: ConfigDict, info: dict, rngs: nnx.Rngs) -> EncoderClassifier:
   info (vocab_size, num_classes, seq_len)."""
   h = ConfigDict({k: m[k] for k in FIELDS})
   h.dropout_rng = m.get("dropout_rng", "threefry")  # runs made before the field: threefry
+  h.dtype = m.get("dtype", "float32")  # runs made before the field: float32
   h.max_len = int(info["seq_len"]) + (m.pool == "cls")
   return EncoderClassifier(info["vocab_size"], info["num_classes"], h, pool=m.pool,
                            rngs=rngs)
