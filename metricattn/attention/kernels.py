@@ -84,6 +84,8 @@ def masked_softmax(logits: Array, mask: Array | None) -> Array:
   Its gradient keeps only the weights p (`jax.nn.softmax`'s rule, dlogits = p (g - sum g p)),
   not the masked logits and exponentials autodiff of the formula would keep: fewer
   [q_len, kv_len] buffers and passes in the backward (scripts/bench_attention.py --vs-jax).
+  A `jax.custom_vjp`: reverse-mode only (jax.grad, jax.vjp); forward-mode (jax.jvp,
+  jax.jacfwd) through the kernels is not supported, as for the blockwise kernel.
   """
   return _masked_softmax_fwd(logits, mask)[0]
 
