@@ -95,6 +95,11 @@ def _masked_softmax_fwd(logits, mask):
     logits = jnp.where(mask, logits, -jnp.inf)
   row_max = jnp.max(logits, axis=-1, keepdims=True)
   weights = jnp.exp(logits - jnp.where(jnp.isfinite(row_max), row_max, 0.0))
+  if mask is not None:
+    # exp already gives the masked entries 0; selecting them again changes no value, but it
+    # steers XLA's buffer assignment: without it l2 with a mask kept one more [q_len, kv_len]
+    # buffer live (1.22-1.25x jax.nn's memory; scripts/bench_attention.py --vs-jax).
+    weights = jnp.where(mask, weights, 0.0)
   denom = jnp.sum(weights, axis=-1, keepdims=True)
   weights = weights / jnp.where(denom > 0, denom, 1.0)
   return weights, weights
