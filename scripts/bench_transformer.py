@@ -111,29 +111,19 @@ def measure(a) -> dict:
   import jax
   import jax.numpy as jnp
   import numpy as np
-  from flax import nnx
 
   from metricattn.cli import enable_compilation_cache
-  from metricattn.models import build_model, num_params
-  from metricattn.optim import make_optimizer
-  from metricattn.tasks import get_task
-  from metricattn.train import dropout_key, make_train_step
+  from metricattn.models import num_params
+  from translation_cost import compile_step, flops as step_flops
 
   enable_compilation_cache()
-  config = config_for(a)
   rng = np.random.default_rng(a.seed)
   trg = rng.integers(4, a.tgt_vocab, size=(a.batch, a.tgt_len), dtype=np.int32)
   batch = {"src": rng.integers(4, a.src_vocab, size=(a.batch, a.src_len), dtype=np.int32),
            "tgt_in": trg[:, :-1], "tgt_out": trg[:, 1:]}
   info = {"src_vocab_size": a.src_vocab, "tgt_vocab_size": a.tgt_vocab}
-  graphdef, params = nnx.split(build_model(config, info, nnx.Rngs(params=a.seed)))
-  tx = make_optimizer(config)
-  step = jax.jit(make_train_step(graphdef, get_task(config), tx), donate_argnums=(0, 1))
-  opt = tx.init(params)
-  key, lr_scale = dropout_key(a.seed), jnp.float32(1.0)
-  compiled = step.lower(params, opt, batch, jnp.int32(0), key, lr_scale).compile()
-  cost = compiled.cost_analysis()
-  flops = float((cost[0] if isinstance(cost, (list, tuple)) else cost)["flops"])
+  compiled, (params, opt, _, _, key, lr_scale) = compile_step(config_for(a), batch, info, a.seed)
+  flops = step_flops(compiled)
   n_params = num_params(params)
   times, losses = [], []
   for i in range(a.warmup + a.steps):

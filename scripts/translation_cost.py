@@ -32,7 +32,7 @@ from flax import nnx
 from metricattn.models import build_model, num_params
 from metricattn.optim import make_optimizer
 from metricattn.tasks import get_task
-from metricattn.train import make_train_step
+from metricattn.train import dropout_key, make_train_step
 
 GPU_TFLOPS = (25.0, 100.0)
 
@@ -49,13 +49,14 @@ def batch(n: int, src_len: int, tgt_len: int, vocab: int, seed: int = 0) -> dict
   return {"src": ids(src_len), "tgt_in": ids(tgt_len), "tgt_out": ids(tgt_len)}
 
 
-def compile_step(config, b: dict, vocab: int):
-  """(compiled step, its inputs) for batch `b`."""
-  info = {"src_vocab_size": vocab, "tgt_vocab_size": vocab}
-  graphdef, params = nnx.split(build_model(config, info, nnx.Rngs(params=0)))
+def compile_step(config, b: dict, info: dict, seed: int = 0):
+  """(compiled step, its inputs) for batch `b`: the trainer's own `make_train_step`, jitted
+  with donated state, parameters and dropout key of `seed`. `info`: the dataset's
+  (src_vocab_size, tgt_vocab_size)."""
+  graphdef, params = nnx.split(build_model(config, info, nnx.Rngs(params=seed)))
   tx = make_optimizer(config)
   fn = jax.jit(make_train_step(graphdef, get_task(config), tx), donate_argnums=(0, 1))
-  args = [params, tx.init(params), b, jnp.int32(0), jax.random.key(0), jnp.float32(1.0)]
+  args = [params, tx.init(params), b, jnp.int32(0), dropout_key(seed), jnp.float32(1.0)]
   return fn.lower(*args).compile(), args
 
 
@@ -79,11 +80,12 @@ def time_step(compiled, args: list, reps: int) -> float:
 def report(config, a) -> None:
   m = config.model
   full = batch(config.data.batch_size, a.src_len, a.tgt_len, a.vocab)
-  compiled, args = compile_step(config, full, a.vocab)
+  info = {"src_vocab_size": a.vocab, "tgt_vocab_size": a.vocab}
+  compiled, args = compile_step(config, full, info)
   f_full, mem = flops(compiled), compiled.memory_analysis()
   n = num_params(args[0])
   del compiled, args
-  small, args = compile_step(config, batch(a.time_batch, a.src_len, a.tgt_len, a.vocab), a.vocab)
+  small, args = compile_step(config, batch(a.time_batch, a.src_len, a.tgt_len, a.vocab), info)
   f_small = flops(small)
   secs = time_step(small, args, a.reps)
   steps = int(config.train.steps)

@@ -17,6 +17,8 @@ the hash existed (e.g. results/lra_listops) keep their masks.
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -43,9 +45,7 @@ def fmix32(h: jax.Array) -> jax.Array:
 
 def hash_bits(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
   """uint32 bits of `shape` from `key`: element i gets fmix32(fmix32(i ^ w0) + w1)."""
-  size = 1
-  for n in shape:
-    size *= n
+  size = math.prod(shape)
   if size > 2**32:
     raise ValueError(f"hash dropout draws at most 2**32 elements per call; got {shape}")
   w = jax.random.bits(key, (2,), jnp.uint32)
