@@ -19,7 +19,8 @@ from metricattn import runs
 from metricattn.cli import enable_compilation_cache, error
 from metricattn.errors import UserError
 from metricattn.runs import SELECTION_SPLIT, best_val_step
-from metricattn.writers import read_jsonl
+from metricattn.fileio import read_jsonl, write_atomic
+from metricattn.restore import checkpoint_steps, restore
 
 
 def best_step(workdir: Path, steps: list[int]) -> int:
@@ -57,10 +58,10 @@ def evaluate_workdir(workdir: str | Path, step: str = "latest",
   from metricattn.train import evaluate, make_eval_step, make_mesh
 
   workdir = Path(workdir)
-  runs.load_config(workdir)  # a clear error before anything else when it is not a run
-  chosen = choose_step(workdir, step, runs.checkpoint_steps(workdir))
+  runs.run_config(workdir)  # a clear error before anything else when it is not a run
+  chosen = choose_step(workdir, step, checkpoint_steps(workdir))
   replicated = NamedSharding(make_mesh(), P())
-  _, data, task, graphdef, params, _ = runs.restore(workdir, chosen, replicated)
+  _, data, task, graphdef, params, _ = restore(workdir, chosen, replicated)
   eval_step = make_eval_step(graphdef, task)
   result = {"step": chosen}
   for split in splits or data.eval_splits:
@@ -68,7 +69,7 @@ def evaluate_workdir(workdir: str | Path, step: str = "latest",
       raise UserError(f"unknown split {split!r}; this dataset has {', '.join(data.splits)}")
     metrics = evaluate(eval_step, params, data, task, graphdef, split, replicated)
     result.update({f"{split}/{k}": v for k, v in metrics.items()})
-  runs.write_atomic(workdir / "evaluation.json", json.dumps(result, indent=2) + "\n")
+  write_atomic(workdir / "evaluation.json", json.dumps(result, indent=2) + "\n")
   return result
 
 

@@ -30,7 +30,7 @@ from metricattn import registry
 from metricattn.config_utils import load_config_file, set_override
 from metricattn.cli import error
 from metricattn.errors import UserError
-from metricattn.runs import write_atomic
+from metricattn.fileio import write_atomic
 
 REPO = Path(__file__).resolve().parents[1]
 OUTPUTS = ("report.md", "report.json", "curves.png", "violin.png", "robustness.md",

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from metricattn import plots
+from metricattn import plots, runs
 from metricattn.data.meshes import LABELS, FOOT, LOWER_LEG, TORSO
 
 ELEV, AZIM = 10.0, -90.0  # the camera: slightly above, on the -y side
@@ -67,8 +67,8 @@ def draw_mesh(ax, verts: np.ndarray, faces: np.ndarray, labels: np.ndarray) -> N
 
 def groups_of(root: Path, seed: int) -> dict[str, Path]:
   """{group name: workdir} of the runs of `seed` under root that have finished."""
-  found = {"/".join(p.parent.parent.relative_to(root).parts) or ".": p.parent
-           for p in Path(root).rglob(f"seed={seed}/summary.json")}
+  found = {runs.group_name(root, w): w for w in runs.finished_runs(root)
+           if runs.seed_of(w) == seed}
   return dict(sorted(found.items()))
 
 
@@ -76,7 +76,7 @@ def predict(workdir: Path, num_meshes: int) -> tuple[object, list[np.ndarray]]:
   """(the run's data, predicted face labels of its first `num_meshes` test meshes, one array
   per mesh)."""
   from flax import nnx
-  from metricattn.runs import restore
+  from metricattn.restore import restore
   _, data, _, graphdef, params, _ = restore(workdir)
   model = nnx.merge(graphdef, params)
   preds = []

@@ -45,9 +45,10 @@ from metricattn import plots, reporting, stats
 from metricattn import study as study_lib
 from metricattn.cli import error
 from metricattn.errors import UserError
-from metricattn.runs import SELECTION_SPLIT, best_val_step, read_json, write_atomic
+from metricattn.fileio import read_json, read_jsonl, write_atomic
+from metricattn import runs as runs_lib
+from metricattn.runs import SELECTION_SPLIT, best_val_step, experiment_title, load_experiment
 from metricattn.reporting import machine_description, markdown_table
-from metricattn.writers import read_jsonl
 
 # The headline metric of a run, by preference.
 METRICS = ("test/accuracy", "test/bleu", "val/accuracy", "val/bleu")
@@ -59,29 +60,16 @@ BASELINE = "softmax"
 def load_runs(root: Path) -> list[dict]:
   """One dict per finished run: summary plus `group`, `seed`, `workdir`, `records`."""
   runs = []
-  for path in sorted(root.rglob("summary.json")):
-    workdir = path.parent
-    summary, config = read_json(path), read_json(workdir / "config.json")
+  for workdir in runs_lib.finished_runs(root):
+    summary, config = read_json(workdir / "summary.json"), read_json(workdir / "config.json")
     if summary is None or config is None:
       print(f"warning: skipping {workdir}: its summary.json or config.json is unreadable",
             file=sys.stderr)
       continue
-    parts = [p for p in workdir.relative_to(root).parts if not p.startswith("seed=")]
-    runs.append({**summary, "group": "/".join(parts) or ".", "seed": config["seed"],
+    runs.append({**summary, "group": runs_lib.group_name(root, workdir), "seed": config["seed"],
                  "workdir": str(workdir), "records": read_jsonl(workdir / "metrics.jsonl"),
                  "corpus": config.get("data", {}).get("corpus")})
   return runs
-
-
-def load_experiment(root: Path) -> dict | None:
-  path = root / "experiment.json"
-  return json.loads(path.read_text()) if path.exists() else None
-
-
-def experiment_title(root: Path, experiment: dict | None = None) -> str:
-  """The title of ROOT's experiment (ROOT/experiment.json), else the name of ROOT."""
-  experiment = experiment or load_experiment(root)
-  return experiment["title"] if experiment else Path(root).resolve().name
 
 
 def headline_metric(runs: list[dict]) -> str:

@@ -29,6 +29,8 @@ from metricattn.attention.layer import attention_name
 from metricattn.attacks import ATTACKS, EPSILONS, SIGMAS, Settings, evaluate_attacks
 from metricattn.cli import error
 from metricattn.errors import UserError
+from metricattn.fileio import read_json, write_atomic
+from metricattn.restore import restore
 from metricattn.reporting import markdown_table
 
 
@@ -36,10 +38,10 @@ from metricattn.reporting import markdown_table
 
 def restore_run(workdir: Path):
   """(config, data, graphdef, params, step) of a run's latest checkpoint."""
-  config = runs_lib.load_config(workdir)
+  config = runs_lib.run_config(workdir)
   if config.get("task", "classification") != "classification":
     raise UserError(f"{workdir} is a {config.task} run; robustness needs a classifier")
-  config, data, _, graphdef, params, step = runs_lib.restore(workdir)
+  config, data, _, graphdef, params, step = restore(workdir)
   return config, data, graphdef, params, step
 
 
@@ -73,7 +75,7 @@ def evaluate_run(workdir: Path, settings: Settings, force: bool = False) -> dict
             "attention": attention_name(config.model), "settings": wanted,
             **evaluate_attacks(params, graphdef, data, config, settings)}
   check_clean(workdir, result)
-  runs_lib.write_atomic(out, json.dumps(result, indent=2) + "\n")
+  write_atomic(out, json.dumps(result, indent=2) + "\n")
   return result
 
 
@@ -81,24 +83,16 @@ def evaluate_run(workdir: Path, settings: Settings, force: bool = False) -> dict
 
 def find_runs(root: Path) -> list[Path]:
   """Finished classification runs below root (directories with config.json + summary.json)."""
-  runs = []
-  for path in sorted(root.rglob("summary.json")):
-    config = json.loads((path.parent / "config.json").read_text())
-    if config.get("task", "classification") == "classification":
-      runs.append(path.parent)
-  return runs
-
-
-def group_name(root: Path, workdir: Path) -> str:
-  parts = [p for p in workdir.relative_to(root).parts if not p.startswith("seed=")]
-  return "/".join(parts) or "."
+  return [w for w in runs_lib.finished_runs(root)
+          if (read_json(w / "config.json") or {}).get("task", "classification")
+          == "classification"]
 
 
 def aggregate(root: Path, results: list[dict]) -> dict:
   """group -> attack -> [(strength, accuracies over seeds)]."""
   groups: dict[str, list[dict]] = {}
   for r in results:
-    groups.setdefault(group_name(root, Path(r["workdir"])), []).append(r)
+    groups.setdefault(runs_lib.group_name(root, Path(r["workdir"])), []).append(r)
   return {name: {a: [(rs[0][a][j][0], [r[a][j][1] for r in rs])
                      for j in range(len(rs[0][a]))] for a in ATTACKS}
           for name, rs in sorted(groups.items())}
@@ -128,9 +122,8 @@ def write_root(root: Path, results: list[dict], settings: Settings) -> str:
   units = results[0]["units"]
   panels = [("noise", f"Gaussian noise sigma ({units.split(' (')[0]})"),
             ("fgsm", "FGSM eps (L-inf)"), ("pgd", f"PGD-{settings.pgd_steps} eps (L-inf)")]
-  from metricattn.report import experiment_title
   plots.plot_strengths(agg, panels, root / "robustness.png",
-                       f"{experiment_title(root)}: accuracy under noise and attacks")
+                       f"{runs_lib.experiment_title(root)}: accuracy under noise and attacks")
   n = results[0]["examples"]
   lines = ["# Robustness", "",
            f"Accuracy on the first {n} examples of the `{settings.split}` split under "
@@ -141,8 +134,8 @@ def write_root(root: Path, results: list[dict], settings: Settings) -> str:
     lines += table(agg, attack, label) + [""]
   lines += ["![accuracy against noise and attack strength](robustness.png)", ""]
   text = "\n".join(lines)
-  runs_lib.write_atomic(root / "robustness.md", text)
-  runs_lib.write_atomic(root / "robustness.json", json.dumps(
+  write_atomic(root / "robustness.md", text)
+  write_atomic(root / "robustness.json", json.dumps(
       {"settings": dataclasses.asdict(settings), "units": units, "groups": agg}, indent=2) + "\n")
   return text
 

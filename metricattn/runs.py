@@ -15,31 +15,8 @@ import os
 import tempfile
 from pathlib import Path
 
-
-def write_atomic(path: str | Path, text: str | bytes) -> None:
-  """Writes `text` (or bytes) to `path` through a temporary file and a rename: never half a
-  file, also when several processes write the same file at once."""
-  path = Path(path)
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-  try:
-    with os.fdopen(fd, "wb" if isinstance(text, bytes) else "w") as f:
-      f.write(text)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # as open() would have made it (mkstemp makes 0600)
-    os.replace(tmp, path)
-  except BaseException:
-    Path(tmp).unlink(missing_ok=True)
-    raise
-
-
-def read_json(path: str | Path) -> dict | None:
-  """A JSON object file, or None when it is missing or unreadable (e.g. truncated)."""
-  try:
-    value = json.loads(Path(path).read_text())
-  except (OSError, ValueError):
-    return None
-  return value if isinstance(value, dict) else None
+from metricattn.errors import UserError
+from metricattn.fileio import read_json
 
 
 def finished(workdir: str | Path) -> bool:
@@ -62,10 +39,62 @@ def best_val_step(records: list[dict], steps: list[int] | None = None) -> int | 
   return None
 
 
-def load_config(workdir: str | Path):
+# ---------------------------------------------------------------- a root of runs
+
+# A sweep's root holds one directory per grid point, nested as KEY=VALUE/..., and in it one
+# workdir per seed, SEED_PREFIX + the seed (`seed=3`); vmapped seeds share the point
+# directory's checkpoints/. An experiment's root also holds experiment.json, its definition.
+SEED_PREFIX = "seed="
+
+
+def point_dir(root: str | Path, point: dict[str, str]) -> Path:
+  """ROOT/KEY=VALUE/... of one grid point ({} gives the root)."""
+  return Path(root).joinpath(*[f"{k}={v}" for k, v in point.items()])
+
+
+def seed_dir(point: str | Path, seed: int) -> Path:
+  """The workdir of `seed` in a grid point's directory."""
+  return Path(point) / f"{SEED_PREFIX}{seed}"
+
+
+def seed_of(workdir: str | Path) -> int | None:
+  """The seed of a `seed=N` workdir; None for any other directory."""
+  name = Path(workdir).name
+  if not name.startswith(SEED_PREFIX):
+    return None
+  try:
+    return int(name[len(SEED_PREFIX):])
+  except ValueError:
+    return None
+
+
+def group_name(root: str | Path, workdir: str | Path) -> str:
+  """A run's group: its grid point's path below root ('attention=l2'; '.' for the root)."""
+  parts = Path(workdir).relative_to(root).parts
+  return "/".join(p for p in parts if seed_of(p) is None) or "."
+
+
+def finished_runs(root: str | Path) -> list[Path]:
+  """The workdirs below `root` (itself included) that hold a summary.json, sorted."""
+  return [p.parent for p in sorted(Path(root).rglob("summary.json"))]
+
+
+def load_experiment(root: str | Path) -> dict | None:
+  """ROOT/experiment.json (what `metricattn.experiment` ran there), or None."""
+  return read_json(Path(root) / "experiment.json")
+
+
+def experiment_title(root: str | Path, experiment: dict | None = None) -> str:
+  """The title of ROOT's experiment (ROOT/experiment.json), else the name of ROOT."""
+  experiment = experiment or load_experiment(root)
+  return experiment["title"] if experiment else Path(root).resolve().name
+
+
+# ---------------------------------------------------------------- one run
+
+def run_config(workdir: str | Path):
   """The ConfigDict a run trained with (its config.json)."""
   import ml_collections
-  from metricattn.errors import UserError
   config = read_json(Path(workdir) / "config.json")
   if config is None:
     raise UserError(f"{workdir} is not a run workdir: it has no readable config.json")
@@ -75,7 +104,7 @@ def load_config(workdir: str | Path):
 def vmapped_seeds(home: Path) -> list[int]:
   """The seeds trained vmapped in one program under `home` (its seed=N runs), in the order of
   the stacked checkpoint's seed axis."""
-  return sorted(int(p.name.split("=", 1)[1]) for p in home.glob("seed=*")
+  return sorted(seed_of(p) for p in home.glob(f"{SEED_PREFIX}*")
                 if (p / "config.json").exists())
 
 
@@ -85,62 +114,13 @@ def checkpoint_home(workdir: str | Path) -> tuple[Path, bool]:
   A run trained alone keeps WORKDIR/checkpoints; a seed trained vmapped (`--seeds`, workdir
   ROOT/seed=N) shares ROOT/checkpoints with its sibling seeds.
   """
-  from metricattn.errors import UserError
   workdir = Path(workdir)
   if (workdir / "checkpoints").is_dir():
     return workdir, False
-  if workdir.name.startswith("seed=") and (workdir.parent / "checkpoints").is_dir():
+  if seed_of(workdir) is not None and (workdir.parent / "checkpoints").is_dir():
     return workdir.parent, True
   raise UserError(f"{workdir} has no checkpoint (neither {workdir / 'checkpoints'} nor "
                   "../checkpoints of vmapped seeds)")
-
-
-def restore(workdir: str | Path, step: int | None = None, sharding=None):
-  """(config, data, task, graphdef, params, step) of a run's checkpoint at `step` (default:
-  the latest), for a run trained alone or as one of vmapped seeds; `sharding` places the
-  parameters (default: the host's first device)."""
-  import jax
-  import numpy as np
-  from metricattn.checkpoint import Checkpointer
-  from metricattn.errors import UserError
-  from metricattn.optim import make_optimizer
-  from metricattn.train import build
-  workdir = Path(workdir)
-  config = load_config(workdir)
-  home, stacked = checkpoint_home(workdir)
-  data, task, graphdef, params = build(config)
-  ckpt = Checkpointer(home, config.train.keep_checkpoints)
-  try:
-    steps = sorted(ckpt.manager.all_steps())
-    if not steps:
-      raise UserError(f"{ckpt.directory} holds no checkpoint")
-    step = steps[-1] if step is None else step
-    if step not in steps:
-      raise UserError(f"no checkpoint at step {step} in {ckpt.directory}; kept: {steps}")
-    if stacked:
-      seeds = vmapped_seeds(home)
-      params = jax.tree.map(lambda x: np.broadcast_to(x, (len(seeds), *x.shape)).copy(),
-                            params)
-    if sharding is not None:
-      params = jax.device_put(params, sharding)
-    params = ckpt.restore_params(step, params, make_optimizer(config), stacked=stacked)
-  finally:
-    ckpt.close()
-  if stacked:
-    i = seeds.index(int(config.seed))
-    params = jax.tree.map(lambda x: x[i], params)
-  return config, data, task, graphdef, params, step
-
-
-def checkpoint_steps(workdir: str | Path) -> list[int]:
-  """The kept checkpoint steps of a run (vmapped or not)."""
-  from metricattn.checkpoint import Checkpointer
-  home, _ = checkpoint_home(workdir)
-  ckpt = Checkpointer(home, None)  # keeps all: reading must never delete
-  try:
-    return sorted(ckpt.manager.all_steps())
-  finally:
-    ckpt.close()
 
 
 # ---------------------------------------------------------------- one process per workdir
@@ -152,7 +132,6 @@ class Lock:
 
   def __init__(self, workdir: Path):
     import fcntl
-    from metricattn.errors import UserError
     path = Path(workdir) / ".lock"
     self.file = open(path, "a+")
     try:
@@ -189,7 +168,6 @@ def busy(workdir: str | Path) -> bool:
 
 def make_workdir(workdir: Path) -> None:
   """Creates `workdir` (and its parents), or says in one line why it cannot be used."""
-  from metricattn.errors import UserError
   try:
     workdir.mkdir(parents=True, exist_ok=True)
     probe = tempfile.NamedTemporaryFile(dir=workdir, prefix=".write-test-")
@@ -230,7 +208,6 @@ def config_changes(old: dict, new: dict, prefix: str = "") -> list[tuple[str, ob
 def check_resume(workdir: Path, config, allow: bool) -> list[tuple[str, object, object]]:
   """Before a run resumes: refuses changed settings (UserError listing them, old -> new)
   unless they are harmless or `allow`; returns the accepted changes for `record_changes`."""
-  from metricattn.errors import UserError
   old = read_json(workdir / "config.json")
   changes = [] if old is None else config_changes(old, json.loads(config.to_json()))
   risky = [c for c in changes if not c[0].startswith(HARMLESS)]

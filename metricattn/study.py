@@ -50,6 +50,7 @@ import time
 from pathlib import Path
 
 from metricattn import runs as runs_lib
+from metricattn.fileio import read_json, read_jsonl, write_atomic
 from metricattn.errors import Interrupted, UserError
 
 STUDY_FILE = "study.json"  # in the root: the study's definition, for workers and reports
@@ -238,7 +239,7 @@ def make_pruner(name: str, steps: int, eval_every: int):
 
 
 def load_definition(root: Path) -> dict | None:
-  return runs_lib.read_json(Path(root) / STUDY_FILE)
+  return read_json(Path(root) / STUDY_FILE)
 
 
 def check_definition(root: Path, definition: dict) -> None:
@@ -257,7 +258,7 @@ def record_definition(root: Path, definition: dict) -> None:
   """Writes ROOT/study.json after `check_definition`."""
   check_definition(root, definition)
   runs_lib.make_workdir(Path(root))
-  runs_lib.write_atomic(Path(root) / STUDY_FILE, json.dumps(definition, indent=2) + "\n")
+  write_atomic(Path(root) / STUDY_FILE, json.dumps(definition, indent=2) + "\n")
 
 
 def open_study(definition: dict, sampler=None, pruner=None, create: bool = True):
@@ -276,10 +277,6 @@ def open_study(definition: dict, sampler=None, pruner=None, create: bool = True)
 
 class TrialFailed(Exception):
   """A trial that ends FAIL (its run failed, or it is over the study's budget)."""
-
-
-def trial_dir(root: Path, point: dict[str, str]) -> Path:
-  return root.joinpath(*[f"{k}={v}" for k, v in point.items()])
 
 
 def counted(trials) -> list:
@@ -331,7 +328,7 @@ def objective_values(workdirs: list[Path], objective: str) -> list[float]:
   """The objective in each workdir's summary.json (UserError naming the logged ones)."""
   values = []
   for w in workdirs:
-    summary = runs_lib.read_json(w / "summary.json") or {}
+    summary = read_json(w / "summary.json") or {}
     if objective not in summary:
       logged = ", ".join(k for k in summary if "/" in k and not k.startswith("train/"))
       raise UserError(f"--objective {objective} is not in {w / 'summary.json'} (it has: "
@@ -343,7 +340,6 @@ def objective_values(workdirs: list[Path], objective: str) -> list[float]:
 def intermediate(workdirs: list[Path], objective: str) -> dict[int, float]:
   """{step: mean objective} over the steps that every started run (with a metrics.jsonl)
   has evaluated; UserError when a run's evaluations lack the objective."""
-  from metricattn.writers import read_jsonl
   split, key = objective.split("/")
   per_run = []
   for w in workdirs:
@@ -446,9 +442,9 @@ class Worker:
 
   def run_trial(self, trial) -> float:
     point = {p.key: format_value(p.suggest(trial, self.grid)) for p in self.space}
-    home = trial_dir(self.root, point)
+    home = runs_lib.point_dir(self.root, point)
     seeds = self.d["seeds"]
-    workdirs = [home / f"seed={s}" for s in seeds]
+    workdirs = [runs_lib.seed_dir(home, s) for s in seeds]
     trial.set_user_attr("workdir", str(home.relative_to(self.root)))
     trial.set_user_attr("worker", self.name)
     where = " ".join(f"{k}={v}" for k, v in point.items())
@@ -706,8 +702,8 @@ def train_trial(spec: dict) -> None:
     c = copy.deepcopy(config)
     c.seed = seed
     if "wandb" in c:
-      c.wandb.name = "/".join([*spec["sweep"]["params"], f"seed={seed}"])
-    train_and_evaluate(c, home / f"seed={seed}")
+      c.wandb.name = "/".join([*spec["sweep"]["params"], runs_lib.seed_dir("", seed).name])
+    train_and_evaluate(c, runs_lib.seed_dir(home, seed))
 
 
 if __name__ == "__main__":

@@ -123,17 +123,17 @@ def plan(config: str, grid: list[str], seeds: list[int], root: Path,
   base, _, base_args = config.partition(":")
   for point in grid_points(grid):
     args, dotted = split_point(point)
-    point_dir = root.joinpath(*[f"{k}={v}" for k, v in point.items()])
+    point_dir = runs_lib.point_dir(root, point)
     arg = ",".join([a for a in [base_args] if a] + args)
     head = [sys.executable, "-m", "metricattn.main", f"--config={base}:{arg}" if arg
             else f"--config={base}"]
     tail = [f"--config.{o}" for o in [*overrides, *dotted]]
     if vmap_seeds:
-      runs.append(([point_dir / f"seed={s}" for s in seeds],
+      runs.append(([runs_lib.seed_dir(point_dir, s) for s in seeds],
                    head + [f"--workdir={point_dir}", f"--seeds={','.join(map(str, seeds))}"] + tail))
       continue
     for seed in seeds:
-      workdir = point_dir / f"seed={seed}"
+      workdir = runs_lib.seed_dir(point_dir, seed)
       runs.append(([workdir], head + [f"--workdir={workdir}", f"--config.seed={seed}"] + tail))
   return runs
 

@@ -43,7 +43,8 @@ from metricattn.feeder import Feeder, shard_batch, stack_trees
 from metricattn.models import build_model, num_params
 from metricattn.optim import Plateau, make_optimizer
 from metricattn.tasks import get_task
-from metricattn.writers import MetricWriter, read_jsonl
+from metricattn.fileio import read_jsonl, write_atomic
+from metricattn.writers import MetricWriter
 
 
 class TrainingDiverged(UserError):
@@ -216,7 +217,7 @@ class Run:
   def finish(self, summary: dict) -> None:
     """Writes summary.json (process 0), logs the final metrics and closes the writer."""
     if multihost.primary():
-      runs_lib.write_atomic(self.workdir / "summary.json", json.dumps(summary, indent=2) + "\n")
+      write_atomic(self.workdir / "summary.json", json.dumps(summary, indent=2) + "\n")
     self.writer.info(f"done {self.workdir}: "
                      f"{json.dumps({k: v for k, v in summary.items() if '/' in k})}")
     self.writer.close()
@@ -287,7 +288,7 @@ def train_seeds(config, seeds: list[int], root: str | Path,
     c.seed = s
     configs.append(c)
   root = Path(root)
-  return _train(configs, [root / f"seed={s}" for s in seeds], root, True, allow_config_change)
+  return _train(configs, [runs_lib.seed_dir(root, s) for s in seeds], root, True, allow_config_change)
 
 
 def _train(configs, workdirs: list[Path], ckpt_dir: Path, stacked: bool,
@@ -364,7 +365,7 @@ def _train_locked(configs, workdirs: list[Path], ckpt_dir: Path, stacked: bool,
   for c, w, ch in zip(configs, workdirs, changes):
     if multihost.primary():
       runs_lib.record_changes(w, ch, start)
-      runs_lib.write_atomic(w / "config.json", c.to_json(indent=2) + "\n")
+      write_atomic(w / "config.json", c.to_json(indent=2) + "\n")
   runs = [Run(c, w, d, m, total, start, progress=i == 0)
           for i, (c, w, d, m) in enumerate(zip(configs, workdirs, datas, meta["runs"]))]
   n_params = num_params(params) // (len(configs) if stacked else 1)

@@ -11,14 +11,9 @@ import sys
 import time
 from pathlib import Path
 
+from metricattn.fileio import cut_jsonl
+
 WANDB_MODES = ("disabled", "offline", "online")
-
-
-def read_jsonl(path: str | Path) -> list[dict]:
-  path = Path(path)
-  if not path.exists():
-    return []
-  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def reachable_wandb_mode(workdir: Path, say, timeout: float = 3.0) -> str:
@@ -67,8 +62,7 @@ class MetricWriter:
       raise UserError(f"unknown wandb.mode {mode!r}; allowed: {', '.join(WANDB_MODES)}")
     if not active:
       return
-    kept = [r for r in read_jsonl(self.path) if r["step"] <= resume_step]
-    self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    cut_jsonl(self.path, lambda r: r["step"] <= resume_step)
     if progress and sys.stderr.isatty():
       from tqdm import tqdm
       self.bar = tqdm(total=total_steps, initial=resume_step, unit="step", dynamic_ncols=True)

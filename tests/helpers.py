@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from metricattn.config_utils import load_config_file, load_module, set_override
-from metricattn.runs import write_atomic
+from metricattn.fileio import write_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMON = load_module(ROOT / "configs/common.py")  # what the config files share

@@ -5,7 +5,7 @@ import json
 from metricattn import evaluate
 from metricattn.runs import best_val_step
 from metricattn.train import train_and_evaluate
-from metricattn.writers import read_jsonl
+from metricattn.fileio import read_jsonl
 from tests.helpers import cli, tiny_moons
 
 

@@ -16,7 +16,7 @@ import pytest
 from metricattn.errors import UserError
 from metricattn.multihost import cluster_processes, initialize
 from metricattn.train import train_and_evaluate, train_seeds
-from metricattn.writers import read_jsonl
+from metricattn.fileio import read_jsonl
 from tests.helpers import ROOT, load_config
 
 MOONS = ("configs/moons_ipn.py", "attention=metric",

@@ -6,7 +6,7 @@ import numpy as np
 
 from metricattn.sweep import main as sweep_main
 from metricattn.train import train_and_evaluate, train_seeds
-from metricattn.writers import read_jsonl
+from metricattn.fileio import read_jsonl
 from tests.helpers import cli, tiny_moons
 
 

@@ -19,7 +19,7 @@ from flax import nnx
 from metricattn import evaluate, report, robustness, runs, sweep, writers
 from metricattn.errors import UserError
 from metricattn.train import dropout_key, train_and_evaluate
-from metricattn.writers import read_jsonl
+from metricattn.fileio import read_jsonl
 from tests.helpers import ROOT, cli, tiny_moons
 
 TINY_FLAGS = ["--config.train.log_every=10", "--config.train.eval_every=20",

@@ -85,7 +85,7 @@ def test_grid_study_equals_the_grid_sweep(grid_study, capsys):
     assert trained == json.loads(config.to_json())
   assert sweep.main([CONFIG, "--grid", *GRID, "--root", str(root), *TINY]) == 0
   assert "8 runs, 8 already finished, 0 to run" in capsys.readouterr().out
-  config, *_, step = runs.restore(min(planned))  # what `evaluate` and `robustness` read
+  config, *_, step = restore(min(planned))  # what `evaluate` and `robustness` read
   assert step == 10 and config.sweep.study == "grid"
 
 

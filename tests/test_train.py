@@ -12,7 +12,7 @@ import pytest
 
 from metricattn.errors import UserError
 from metricattn.train import TrainingDiverged, train_and_evaluate
-from metricattn.writers import read_jsonl
+from metricattn.fileio import read_jsonl
 from tests.helpers import ROOT, cli, tiny_moons
 
 

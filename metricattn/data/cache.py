@@ -7,10 +7,13 @@ changes their content, so a changed setting never reads a stale file.
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
 import numpy as np
+
+from metricattn.fileio import write_atomic
 
 DATA_ENV = "METRICATTN_DATA"
 
@@ -22,10 +25,9 @@ def data_root() -> Path:
 
 
 def save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-  """Writes one .npz atomically (a temporary file, then a rename), so that a reader never
-  sees half a file and concurrent writers of the same file do not clash."""
+  """Writes one .npz atomically (`fileio.write_atomic`), so that a reader never sees half a
+  file and concurrent writers of the same file do not clash."""
   path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-  with open(tmp, "wb") as f:
-    np.savez(f, **arrays)
-  os.replace(tmp, path)
+  buf = io.BytesIO()
+  np.savez(buf, **arrays)
+  write_atomic(path, buf.getvalue())

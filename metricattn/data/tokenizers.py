@@ -21,12 +21,12 @@ from __future__ import annotations
 import collections
 import io
 import json
-import os
 import re
 from pathlib import Path
 from typing import Iterable, Protocol, Sequence
 
 from metricattn.errors import UserError
+from metricattn.fileio import write_atomic
 
 PAD, UNK, BOS, EOS = 0, 1, 2, 3
 SPECIALS = ("<pad>", "<unk>", "<s>", "</s>")
@@ -44,12 +44,6 @@ class Tokenizer(Protocol):
 
   def decode(self, ids: Sequence[int]) -> str:
     """Ids (no specials) -> detokenised text."""
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-  tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-  tmp.write_bytes(data)
-  os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------- SentencePiece
@@ -76,7 +70,7 @@ def train_sentencepiece(lines: Iterable[str], vocab_size: int, path: Path) -> No
       sentence_iterator=iter(lines), model_writer=buf, vocab_size=vocab_size,
       model_type="unigram", character_coverage=1.0, hard_vocab_limit=False,
       pad_id=PAD, unk_id=UNK, bos_id=BOS, eos_id=EOS, num_threads=1, minloglevel=2)
-  _write_atomic(path, buf.getvalue())
+  write_atomic(path, buf.getvalue())
 
 
 # ---------------------------------------------------------------- word level
@@ -159,9 +153,9 @@ def load_or_build(directory: Path, spec: dict,
         train_sentencepiece(lines, spec["vocab_size"], path)
       else:
         tokens = build_word_vocab(lines, spec["min_freq"])
-        _write_atomic(path, ("\n".join(tokens) + "\n").encode("utf-8"))
+        write_atomic(path, ("\n".join(tokens) + "\n").encode("utf-8"))
     is_spm = kind == "sentencepiece"
     out[name] = SentencePieceTokenizer(path) if is_spm else WordTokenizer.load(path)
   if not meta_path.exists():
-    _write_atomic(meta_path, (json.dumps(spec) + "\n").encode())
+    write_atomic(meta_path, (json.dumps(spec) + "\n").encode())
   return out
