@@ -44,6 +44,7 @@ from metricattn.models import build_model, num_params
 from metricattn.optim import Plateau, make_optimizer
 from metricattn.tasks import get_task
 from metricattn.fileio import read_jsonl, write_atomic
+from metricattn.validation import check_values
 from metricattn.writers import MetricWriter
 
 
@@ -77,12 +78,9 @@ class Signals:
 # ---------------------------------------------------------------- config checks
 
 def check_config(config, split_batch: bool = True) -> None:
-  t = config.train
-  if config.data.batch_size < 1:
-    raise UserError(f"data.batch_size must be a positive integer; got {config.data.batch_size}")
-  for key in ("steps", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints"):
-    if t[key] <= 0:
-      raise UserError(f"train.{key} must be a positive integer; got {t[key]}")
+  """Every value in its range (`validation.check_values`), and the batch divisible over the
+  devices when `split_batch`."""
+  check_values(config)
   if split_batch and config.data.batch_size % jax.device_count():
     raise UserError(f"data.batch_size {config.data.batch_size} does not divide over "
                     f"{jax.device_count()} devices; use a multiple of {jax.device_count()}")

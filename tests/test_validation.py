@@ -1,0 +1,60 @@
+"""Every bad config value is one line, before anything is created."""
+
+import copy
+import subprocess
+import sys
+
+import pytest
+
+from metricattn import registry
+from metricattn.errors import UserError
+from metricattn.experiment import load_config
+from metricattn.validation import check_values
+
+BAD = [
+    ("data.noise", -1.0, "data.noise must be a finite number >= 0; got -1.0"),
+    ("seed", -1, "seed must be an integer >= 0; got -1"),
+    ("eval.batch_size", 0, "eval.batch_size must be a positive integer; got 0"),
+    ("model.width", 0, "model.width must be a positive integer; got 0"),
+    ("model.qk_dim", 0, "model.qk_dim must be a positive integer; got 0"),
+    ("data.num_test", 0, "data.num_test must be a positive integer; got 0"),
+    ("model.depth", -1, "model.depth must be an integer >= 0; got -1"),
+    ("optimizer.weight_decay", -1.0, "optimizer.weight_decay must be a finite number >= 0"),
+    ("optimizer.grad_clip", -1.0, "optimizer.grad_clip must be a finite number >= 0"),
+    ("data.seed", -5, "data.seed must be an integer >= 0, or -1 for the run's seed; got -5"),
+    ("optimizer.lr", float("nan"), "optimizer.lr must be a finite number > 0; got nan"),
+    ("optimizer.lr", float("inf"), "optimizer.lr must be a finite number > 0; got inf"),
+    ("train.steps", 0, "train.steps must be a positive integer; got 0"),
+    ("model.scale", -1.0, "model.scale must be None or a finite number > 0"),
+]
+
+
+def moons():
+  return load_config(registry.get("moons"), "test", "metric")
+
+
+@pytest.mark.parametrize("key,value,message", BAD, ids=[f"{k}={v}" for k, v, _ in BAD])
+def test_bad_value_is_named(key, value, message):
+  config = copy.deepcopy(moons())
+  section, _, name = key.rpartition(".")
+  (config[section] if section else config)[name] = value
+  with pytest.raises(UserError, match="^" + message.replace("(", r"\(").replace(")", r"\)")
+                     .replace("[", r"\[").replace("+", r"\+")):
+    check_values(config)
+
+
+def test_every_registered_budget_passes():
+  for exp in registry.EXPERIMENTS.values():
+    for budget in exp.budgets:
+      for kind in exp.kinds_of(budget):
+        check_values(load_config(exp, budget, kind))
+
+
+def test_main_refuses_a_bad_value_before_making_the_workdir(tmp_path):
+  workdir = tmp_path / "run"
+  out = subprocess.run([sys.executable, "-m", "metricattn.main",
+                        "--config=configs/moons_ipn.py", f"--workdir={workdir}",
+                        "--config.model.depth=-1"], capture_output=True, text=True)
+  assert out.returncode == 2, out.stderr
+  assert out.stderr.strip() == "error: model.depth must be an integer >= 0; got -1"
+  assert not workdir.exists()
