@@ -1,10 +1,12 @@
-"""Procedural human meshes (metricattn.data.meshes) and the Maron et al. loader (maron.py)."""
+"""Procedural human meshes (metricattn.data.meshes), their geometry (mesh_geometry.py) and the
+Maron et al. loader (maron.py)."""
 
 import numpy as np
 import pytest
 from skimage.measure import marching_cubes
 
 from metricattn.data import maron, meshes
+from metricattn.data import mesh_geometry as geometry
 from metricattn.errors import UserError
 
 SEED = 7
@@ -35,7 +37,7 @@ def test_generate_matches_body_mesh(bodies):
   raw, data = bodies
   for (_, verts, faces, labels), v, f, l in zip(raw, data.verts, data.faces, data.face_labels):
     assert np.array_equal(faces, f) and np.array_equal(labels, l)
-    assert np.allclose(meshes.normalize(verts), v, atol=1e-6)
+    assert np.allclose(geometry.normalize(verts), v, atol=1e-6)
 
 
 def test_every_body_has_all_labels(bodies):
@@ -69,12 +71,12 @@ def test_faces_take_the_label_of_the_nearest_part(bodies):
 def test_meshes_are_closed_clean_and_outward(bodies):
   raw, data = bodies
   for _, verts, faces, _ in raw:
-    assert meshes.is_closed_manifold(faces)
+    assert geometry.is_closed_manifold(faces)
     edges = np.sort(faces[:, [0, 1, 1, 2, 2, 0]].reshape(-1, 2), axis=1)
     _, counts = np.unique(edges, axis=0, return_counts=True)
     assert (counts == 2).all()  # every edge shared by exactly two faces
     assert (faces[:, 0] != faces[:, 1]).all() and (faces[:, 1] != faces[:, 2]).all() and (faces[:, 2] != faces[:, 0]).all()
-    assert meshes.face_areas(verts, faces).min() > 0
+    assert geometry.face_areas(verts, faces).min() > 0
     assert len(np.unique(faces)) == len(verts)  # no unused vertex
     volume = np.einsum("ij,ij->i", verts[faces[:, 0]], np.cross(verts[faces[:, 1]], verts[faces[:, 2]])).sum() / 6
     assert volume > 0
@@ -101,7 +103,7 @@ def test_features(bodies):
     assert np.isfinite(hks).all() and (hks > 0).all()
     assert np.allclose(verts.mean(0), 0, atol=1e-5)
     assert np.isclose(np.linalg.norm(verts, axis=1).max(), 1, atol=1e-5)
-    assert meshes.face_mean(verts, faces).shape == (len(faces), 3)
+    assert geometry.face_mean(verts, faces).shape == (len(faces), 3)
   xyz = meshes.generate(1, SEED, features="xyz")
   assert np.array_equal(xyz.features[0], data.verts[0])
   with pytest.raises(UserError, match="features"):
@@ -111,7 +113,7 @@ def test_features(bodies):
 def test_hks_of_a_sphere_is_nearly_constant():
   grid = np.stack(np.meshgrid(*[np.linspace(-1.2, 1.2, 25)] * 3, indexing="ij"), -1)
   verts, faces, _, _ = marching_cubes(np.linalg.norm(grid, axis=-1) - 1, 0, allow_degenerate=False)
-  h = meshes.hks(meshes.normalize(verts), faces, k_eig=16, num_times=4)
+  h = geometry.hks(geometry.normalize(verts), faces, k_eig=16, num_times=4)
   assert (h.std(0) / h.mean(0)).max() < 0.1
 
 
@@ -178,7 +180,7 @@ def test_maron_loader(maron_root):
   assert np.array_equal(train.face_labels[1], [0, 1, 2, 7])
   assert np.array_equal(train.face_labels[2], np.arange(8))
   assert np.array_equal(train.faces[0], OCTA_FACES) and np.allclose(train.verts[0], OCTA)
-  assert np.array_equal(train.faces[1], TETRA_FACES) and np.allclose(train.verts[1], meshes.normalize(TETRA))
+  assert np.array_equal(train.faces[1], TETRA_FACES) and np.allclose(train.verts[1], geometry.normalize(TETRA))
   assert np.array_equal(train.features[1], train.verts[1])
   for faces, receivers, senders in zip(train.faces, train.receivers, train.senders):
     assert len(receivers) == 3 * len(faces) and receivers.dtype == np.int32

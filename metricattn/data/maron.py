@@ -14,7 +14,8 @@ else ~/.cache/metricattn/sig17_seg_benchmark):
 FAUST, SCAPE and each MIT pose share one label file, as their meshes share connectivity.
 A label file holds one integer per face, 1..8 (returned 0-based, order meshes.LABELS).
 Meshes must be triangle meshes; unreferenced vertices are dropped. Positions are centred and
-scaled to unit max radius, and features computed, as for the procedural set (meshes.py).
+scaled to unit max radius, and features computed, as for the procedural set
+(mesh_geometry.py, which both use).
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-from metricattn.data import meshes
+from metricattn.data import mesh_geometry as geometry
+from metricattn.data.cache import data_root
+from metricattn.data.meshes import NUM_CLASSES
 from metricattn.errors import UserError
 
 SPLITS = ("train", "test")
@@ -31,7 +34,7 @@ SHARED = {"faust": "faust/faust_corrected.txt", "scape": "scape/scape_corrected.
 
 
 def default_root() -> Path:
-  return meshes.data_root() / "sig17_seg_benchmark"
+  return data_root() / "sig17_seg_benchmark"
 
 
 def _triangles(path, faces):
@@ -87,7 +90,7 @@ def check_mesh(path: Path, verts: np.ndarray, faces: np.ndarray) -> None:
   if repeated.any():
     raise UserError(f"{path}: face {repeated.argmax()} repeats a vertex")
   diag2 = ((verts.max(0) - verts.min(0)) ** 2).sum()
-  flat = meshes.face_areas(verts, faces) <= 1e-12 * diag2
+  flat = geometry.face_areas(verts, faces) <= 1e-12 * diag2
   if flat.any():
     raise UserError(f"{path}: face {flat.argmax()} has zero area")
 
@@ -119,8 +122,8 @@ def load_labels(path: Path, mesh_path: Path, num_faces: int) -> np.ndarray:
     raise UserError(f"{path}: unreadable label file ({e})") from None
   if len(labels) != num_faces:
     raise UserError(f"{path}: {len(labels)} labels for the {num_faces} faces of {mesh_path}")
-  if labels.min() < 0 or labels.max() >= meshes.NUM_CLASSES:
-    raise UserError(f"{path}: labels must be 1..{meshes.NUM_CLASSES}")
+  if labels.min() < 0 or labels.max() >= NUM_CLASSES:
+    raise UserError(f"{path}: labels must be 1..{NUM_CLASSES}")
   return labels
 
 
@@ -132,15 +135,15 @@ def _load(args) -> dict:
   used = np.unique(faces)
   remap = np.zeros(len(verts), np.int64)
   remap[used] = np.arange(len(used))
-  return meshes.mesh_record(verts[used], remap[faces], labels, k_eig, num_times)
+  return geometry.mesh_record(verts[used], remap[faces], labels, k_eig, num_times)
 
 
 def load_maron(split: str, features: str = "hks", root: str | Path | None = None, k_eig: int = 64,
-               num_times: int = 16, workers: int | None = None) -> meshes.MeshSet:
+               num_times: int = 16, workers: int | None = None) -> geometry.MeshSet:
   """The `split` ("train" or "test") of the real set under `root` (see the module docstring)."""
   if split not in SPLITS:
     raise UserError(f"unknown Maron split {split!r}; allowed: {', '.join(SPLITS)}")
-  meshes.check_features(features)
+  geometry.check_features(features)
   root = Path(root) if root is not None else default_root()
   mesh_dir = root / "meshes" / split
   if not mesh_dir.is_dir():
@@ -149,5 +152,5 @@ def load_maron(split: str, features: str = "hks", root: str | Path | None = None
   paths = mesh_files(mesh_dir)
   if not paths:
     raise UserError(f"{mesh_dir}: no .off or .obj meshes in it")
-  records = meshes.parallel_map(_load, [(root, split, p, k_eig, num_times) for p in paths], workers)
-  return meshes.to_mesh_set(records, features)
+  records = geometry.parallel_map(_load, [(root, split, p, k_eig, num_times) for p in paths], workers)
+  return geometry.to_mesh_set(records, features)

@@ -21,13 +21,14 @@ from __future__ import annotations
 import numpy as np
 
 from metricattn.data import meshes
+from metricattn.data.mesh_geometry import MeshSet
 from metricattn.data.sampling import batch_indices
 from metricattn.errors import UserError
 
 SOURCES = ("procedural", "maron")
 
 
-def load(config, split: str) -> meshes.MeshSet:
+def load(config, split: str) -> MeshSet:
   d = config.data
   if d.source == "procedural":
     return meshes.load_split(split, d.features, seed=d.seed, num_train=d.num_train,

@@ -8,43 +8,29 @@ Everything about a body (pose, limb lengths and girths, scale, yaw, grid spacing
 comes from `np.random.default_rng([seed, stream, index])`, so a data set is a pure function
 of its seed.
 
-Features follow DiffusionNet: `xyz` are the vertex positions centred on their mean and
-scaled to unit max radius; `hks` is the heat kernel signature from the smallest `k_eig`
-eigenpairs of the cotangent Laplacian with lumped mass, at `num_times` times
-logspace(-2, 0) on the normalised mesh.
-
-A `MeshSet` holds one list entry per mesh:
-  verts[i]        float32 [V, 3]  normalised positions (centred, unit max radius)
-  faces[i]        int32 [F, 3]    vertex ids of each triangle (outward orientation); also
-                                  the indices for the fixed face aggregation (`face_mean`)
-  face_labels[i]  int32 [F]       part label in [0, 8), order `LABELS`
-  features[i]     float32 [V, C]  C = 3 for xyz, `num_times` for hks
-  receivers[i], senders[i]  int32 [E]  directed mesh edges, both directions of every edge,
-                                  deduplicated, sorted by (receiver, sender)
+The records of the bodies (normalised positions, faces, labels, HKS features, edges), their
+`MeshSet` and the geometry behind them are those of mesh_geometry.py, which the real set
+(maron.py) shares. Generated sets are cached in $METRICATTN_DATA/meshes, one .npz per split
+named by every setting (`load_split`); a cache file that does not read back whole is moved
+aside and generated again (data/cache.py).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import multiprocessing
-import os
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
-import scipy.sparse as sp
-from scipy.sparse.csgraph import connected_components
-from scipy.sparse.linalg import eigsh
 from scipy.special import logsumexp
 from skimage.measure import marching_cubes
-from threadpoolctl import threadpool_limits
 
 from metricattn.data.cache import DATA_ENV, data_root, save_npz  # noqa: F401 (DATA_ENV)
+from metricattn.data.mesh_geometry import (MeshSet, check_features, clean, face_areas, is_closed_manifold,
+                                           mesh_record, parallel_map, to_mesh_set)
 from metricattn.errors import UserError
 
 LABELS = ("head", "torso", "upper_arm", "forearm", "hand", "thigh", "lower_leg", "foot")
 NUM_CLASSES = len(LABELS)
-FEATURES = ("xyz", "hks")
 VERSION = 1  # bump when the generator changes: it is part of the cache file name
 HEAD, TORSO, UPPER_ARM, FOREARM, HAND, THIGH, LOWER_LEG, FOOT = range(NUM_CLASSES)
 
@@ -57,20 +43,6 @@ class Settings:
   blend: float = 0.015             # smooth-min radius, metres
   k_eig: int = 64                  # Laplacian eigenpairs for the HKS
   num_times: int = 16              # HKS times, logspace(-2, 0)
-
-
-@dataclasses.dataclass
-class MeshSet:
-  """Per-mesh lists; see the module docstring for shapes."""
-  verts: list
-  faces: list
-  face_labels: list
-  features: list
-  receivers: list
-  senders: list
-
-  def __len__(self):
-    return len(self.verts)
 
 
 @dataclasses.dataclass
@@ -209,41 +181,6 @@ def body_sdf(body: Body, points: np.ndarray) -> np.ndarray:
   return union + body.noise_amp * np.sin(q @ body.noise_w.T + body.noise_phase).sum(1)
 
 
-def _clean(verts, faces, tol):
-  """Merges vertices closer than `tol`, drops faces with a repeated vertex, keeps the largest
-  connected component and only the vertices it uses."""
-  _, inverse = np.unique(np.round(verts / tol).astype(np.int64), axis=0, return_inverse=True)
-  inverse = inverse.ravel()
-  merged = np.zeros((inverse.max() + 1, 3))
-  merged[inverse] = verts
-  faces = inverse[faces]
-  faces = faces[(faces[:, 0] != faces[:, 1]) & (faces[:, 1] != faces[:, 2]) & (faces[:, 2] != faces[:, 0])]
-  n = len(merged)
-  e = faces[:, [0, 1, 1, 2, 2, 0]].reshape(-1, 2)
-  adj = sp.coo_matrix((np.ones(len(e)), (e[:, 0], e[:, 1])), shape=(n, n))
-  _, comp = connected_components(adj, directed=False)
-  biggest = np.bincount(comp[faces[:, 0]]).argmax()
-  faces = faces[comp[faces[:, 0]] == biggest]
-  used = np.unique(faces)
-  remap = np.full(n, -1)
-  remap[used] = np.arange(len(used))
-  return merged[used], remap[faces]
-
-
-def is_closed_manifold(faces: np.ndarray) -> bool:
-  """True when every directed edge occurs once and its reverse once: each edge is shared by
-  exactly two consistently oriented faces (closed, edge-manifold, oriented)."""
-  e = faces[:, [0, 1, 1, 2, 2, 0]].reshape(-1, 2)
-  key = e[:, 0].astype(np.int64) * (faces.max() + 1) + e[:, 1]
-  rev = e[:, 1].astype(np.int64) * (faces.max() + 1) + e[:, 0]
-  return len(np.unique(key)) == len(key) and np.array_equal(np.sort(key), np.sort(rev))
-
-
-def face_areas(verts, faces):
-  v = verts[faces]
-  return 0.5 * np.linalg.norm(np.cross(v[:, 1] - v[:, 0], v[:, 2] - v[:, 0]), axis=1)
-
-
 def body_mesh(body: Body, max_tries: int = 4):
   """(verts [V, 3] float64 world coords, faces [F, 3] int32, face_labels [F] int32).
 
@@ -263,71 +200,12 @@ def body_mesh(body: Body, max_tries: int = 4):
     field[near] = np.where(field[near] < 0, -0.05, 0.05) * h
     # "descent" orients these faces outward (positive signed volume; tested)
     verts, faces, _, _ = marching_cubes(field, 0.0, spacing=(h, h, h), gradient_direction="descent")
-    verts, faces = _clean(verts + origin, faces, 1e-6 * h)
+    verts, faces = clean(verts + origin, faces, 1e-6 * h)
     labels = part_labels(body)[part_sdf(body, verts[faces].mean(1)).argmin(0)]
     if (is_closed_manifold(faces) and face_areas(verts, faces).min() > 1e-9 * h * h
         and len(np.unique(labels)) == NUM_CLASSES):
       return verts, faces.astype(np.int32), labels.astype(np.int32)
   raise RuntimeError(f"no clean mesh after {max_tries} grid shifts")
-
-
-# ---------------------------------------------------------------- features and graph
-
-def normalize(verts: np.ndarray) -> np.ndarray:
-  """Centred on the mean vertex and scaled to unit max radius (DiffusionNet's normalisation)."""
-  v = verts - verts.mean(0)
-  return v / np.linalg.norm(v, axis=1).max()
-
-
-def laplacian(verts: np.ndarray, faces: np.ndarray):
-  """(cotangent Laplacian L [V, V], positive semi-definite, csr; lumped mass [V]: a third of
-  the area of the faces around each vertex)."""
-  n = len(verts)
-  v = np.asarray(verts, np.float64)[faces]
-  rows, cols, vals = [], [], []
-  for i in range(3):
-    j, k = (i + 1) % 3, (i + 2) % 3
-    e1, e2 = v[:, j] - v[:, i], v[:, k] - v[:, i]
-    w = 0.5 * (e1 * e2).sum(1) / np.linalg.norm(np.cross(e1, e2), axis=1)  # half cot of angle at i
-    rows += [faces[:, j], faces[:, k]]
-    cols += [faces[:, k], faces[:, j]]
-    vals += [-w, -w]
-  off = sp.coo_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n)).tocsr()
-  lap = off - sp.diags(np.asarray(off.sum(1)).ravel())
-  mass = np.bincount(faces.ravel(), np.repeat(face_areas(verts, faces) / 3, 3), minlength=n)
-  return lap.tocsr(), mass
-
-
-def hks(verts: np.ndarray, faces: np.ndarray, k_eig: int = 64, num_times: int = 16) -> np.ndarray:
-  """Heat kernel signature [V, num_times] from the `k_eig` smallest eigenpairs of L phi =
-  lambda M phi (phi M-orthonormal), at times logspace(-2, 0), as DiffusionNet computes it."""
-  lap, mass = laplacian(verts, faces)
-  mass = mass + 1e-8 * mass.mean()
-  k = min(k_eig, len(verts) - 2)
-  evals, evecs = eigsh(lap, k=k, M=sp.diags(mass), sigma=-0.01)
-  times = np.logspace(-2, 0, num_times)
-  return (evecs ** 2) @ np.exp(-np.outer(np.clip(evals, 0, None), times))
-
-
-def mesh_edges(faces: np.ndarray):
-  """(receivers [E], senders [E]) int32: both directions of every mesh edge, deduplicated,
-  sorted by (receiver, sender)."""
-  e = faces[:, [0, 1, 1, 2, 2, 0]].reshape(-1, 2)
-  e = np.unique(np.concatenate([e, e[:, ::-1]]), axis=0).astype(np.int32)
-  return e[:, 0], e[:, 1]
-
-
-def face_mean(values: np.ndarray, faces: np.ndarray) -> np.ndarray:
-  """The paper's fixed face aggregation: the mean of a face's three vertex values, [F, C]."""
-  return values[faces].mean(1)
-
-
-def mesh_record(verts, faces, labels, k_eig, num_times) -> dict:
-  """Normalised verts, faces, labels, HKS and edges of one mesh, as arrays."""
-  verts = normalize(verts)
-  receivers, senders = mesh_edges(faces)
-  return dict(verts=verts.astype(np.float32), faces=faces.astype(np.int32), face_labels=labels.astype(np.int32),
-              hks=hks(verts, faces, k_eig, num_times).astype(np.float32), receivers=receivers, senders=senders)
 
 
 # ---------------------------------------------------------------- data sets
@@ -336,33 +214,6 @@ def _make(args) -> dict:
   seed, stream, index, settings = args
   verts, faces, labels = body_mesh(sample_body(seed, index, settings, stream))
   return mesh_record(verts, faces, labels, settings.k_eig, settings.num_times)
-
-
-def parallel_map(fn, items, workers=None):
-  """`map` over a process pool of `workers` (default: the usable cores) when it pays. BLAS
-  runs single-threaded: on these small matrices its threads only cost time (4x here). The pool
-  spawns (JAX's threads make fork unsafe), so a script calling this needs the usual
-  `if __name__ == "__main__":` guard."""
-  workers = workers or len(os.sched_getaffinity(0))
-  if workers <= 1 or len(items) < 16:
-    with threadpool_limits(1):
-      return [fn(x) for x in items]
-  with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                           initializer=threadpool_limits, initargs=(1,)) as pool:
-    return list(pool.map(fn, items, chunksize=max(1, len(items) // (4 * workers))))
-
-
-def check_features(features: str) -> None:
-  if features not in FEATURES:
-    raise UserError(f"unknown mesh features {features!r}; allowed: {', '.join(FEATURES)}")
-
-
-def to_mesh_set(records, features: str) -> MeshSet:
-  check_features(features)
-  return MeshSet(verts=[r["verts"] for r in records], faces=[r["faces"] for r in records],
-                 face_labels=[r["face_labels"] for r in records],
-                 features=[r["verts"] if features == "xyz" else r["hks"] for r in records],
-                 receivers=[r["receivers"] for r in records], senders=[r["senders"] for r in records])
 
 
 def generate_records(num_bodies: int, seed: int, stream: int = 0, settings: Settings = Settings(),
