@@ -21,6 +21,7 @@ import orbax.checkpoint as ocp
 
 from metricattn import multihost
 from metricattn.errors import UserError
+from metricattn.fileio import full_disk_path
 
 # Orbax logs every save at INFO; keep the console for the run's own progress.
 logging.getLogger("absl").setLevel(logging.WARNING)
@@ -32,6 +33,16 @@ logging.getLogger("asyncio").setLevel(logging.CRITICAL)
 
 class CorruptCheckpoint(UserError):
   """A checkpoint's files cannot be read."""
+
+
+class DiskFull(UserError):
+  """No space left on the device while a run wrote PATH: one line, and what is intact."""
+
+  def __init__(self, path, steps: list[int]):
+    kept = (f"checkpoints up to step {max(steps)} are intact" if steps
+            else "no checkpoint was written yet")
+    super().__init__(f"no space left on device while writing {path}; {kept}; free space "
+                     "and rerun the same command")
 
 
 class Checkpointer:
@@ -52,8 +63,17 @@ class Checkpointer:
       return self.manager.latest_step()
 
   def save(self, step: int, state, meta: dict) -> None:
-    self.manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
+    """Saves a checkpoint. A full disk is one UserError (orbax's threads' tracebacks held
+    back) naming the newest checkpoint that is intact; orbax never renames a half-written
+    checkpoint into place."""
+    try:
+      with quiet_tracebacks():
+        self.manager.save(step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
+    except Exception as e:
+      if full_disk_path(e) is None:
+        raise
+      raise DiskFull(self.directory / str(step), saved_steps(self.directory.parent)) from None
 
   def restore(self, step: int, target):
     """Restores (state, meta) at `step` into the structure and shardings of `target`."""
@@ -133,6 +153,16 @@ class Checkpointer:
   def close(self) -> None:
     self.manager.wait_until_finished()
     self.manager.close()
+
+
+def saved_steps(workdir: str | Path) -> list[int]:
+  """The steps of the finished checkpoints in WORKDIR/checkpoints, read from the directory
+  names alone (no orbax call, so also right after a failed save)."""
+  try:
+    return sorted(int(p.name) for p in (Path(workdir) / "checkpoints").iterdir()
+                  if p.name.isdigit())
+  except OSError:
+    return []
 
 
 @contextlib.contextmanager

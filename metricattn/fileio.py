@@ -9,11 +9,14 @@ an append-only log back to a step without ever rewriting it in place.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sys
 import tempfile
 from pathlib import Path
+
+FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 def write_atomic(path: str | Path, data: str | bytes) -> None:
@@ -31,6 +34,21 @@ def write_atomic(path: str | Path, data: str | bytes) -> None:
   except BaseException:
     Path(tmp).unlink(missing_ok=True)
     raise
+
+
+def full_disk_path(e: BaseException) -> str | None:
+  """When `e` (or an exception it was raised from) is "no space left on device" (or a full
+  quota): the file it names, or "" when none; None for any other exception. Libraries that
+  write in threads (orbax) wrap the OSError, so its chain and its text are searched."""
+  seen = set()
+  while e is not None and id(e) not in seen:
+    seen.add(id(e))
+    if isinstance(e, OSError) and e.errno in FULL:
+      return str(e.filename or "")
+    if "No space left on device" in str(e) or "Disk quota exceeded" in str(e):
+      return ""
+    e = e.__cause__ or e.__context__
+  return None
 
 
 def read_json(path: str | Path) -> dict | None:

@@ -36,14 +36,14 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from metricattn import multihost, runs as runs_lib
 from metricattn.attention.layer import attention_name
-from metricattn.checkpoint import Checkpointer
+from metricattn.checkpoint import Checkpointer, DiskFull, saved_steps
 from metricattn.data import get_dataset
 from metricattn.errors import Interrupted, UserError
 from metricattn.feeder import Feeder, shard_batch, stack_trees
 from metricattn.models import build_model, num_params
 from metricattn.optim import Plateau, make_optimizer
 from metricattn.tasks import get_task
-from metricattn.fileio import read_jsonl, write_atomic
+from metricattn.fileio import full_disk_path, read_jsonl, write_atomic
 from metricattn.validation import check_values
 from metricattn.writers import MetricWriter
 
@@ -298,6 +298,10 @@ def _train(configs, workdirs: list[Path], ckpt_dir: Path, stacked: bool,
   try:
     with Signals() as signals:
       return _train_locked(configs, workdirs, ckpt_dir, stacked, allow_config_change, signals)
+  except OSError as e:  # metrics.jsonl, config.json, summary.json, a tokenizer, a cache
+    if full_disk_path(e) is None:
+      raise
+    raise DiskFull(e.filename or ckpt_dir, saved_steps(ckpt_dir)) from None
   finally:
     if lock is not None:
       lock.release()

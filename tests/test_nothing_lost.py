@@ -1,0 +1,125 @@
+"""Nothing a run wrote is lost: a kill while the metrics log is cut back on resume, a torn last
+line, a full disk (a small tmpfs when the tests run as root, else a fault hook)."""
+
+import errno
+import os
+import subprocess
+import sys
+
+import pytest
+
+from metricattn.checkpoint import DiskFull
+from metricattn.fileio import read_jsonl
+from metricattn.train import train_and_evaluate
+from tests.helpers import ROOT, tiny_moons
+
+ARGS = ["--config=configs/moons_ipn.py:attention=l2", "--config.train.steps=100",
+        "--config.train.checkpoint_every=40", "--config.train.eval_every=20",
+        "--config.train.log_every=10"]
+
+# Runs `main` on WORKDIR; FAULT (python code) is run first, to plant a kill.
+SCRIPT = """
+import os, signal, sys
+from metricattn import fileio, writers
+die = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)
+{fault}
+sys.argv = ["main", "--workdir=" + sys.argv[1], *sys.argv[2:]]
+from absl import app
+from metricattn import main
+app.run(main.main, flags_parser=main.parse_flags)
+"""
+# Killed after logging step 70 (checkpoint at 40: a rerun resumes there).
+KILL_AT_70 = """
+write = writers.MetricWriter.write
+def write(self, step, split, metrics, write=write):
+  write(self, step, split, metrics)
+  if step >= 70:
+    die()
+writers.MetricWriter.write = write
+"""
+# Killed at the first change to metrics.jsonl: cutting it back to the checkpoint or appending.
+KILL_AT_FIRST_WRITE = """
+os.truncate = die
+fileio.write_atomic = die
+writers.MetricWriter.write = die
+"""
+
+
+def run(workdir, fault=""):
+  return subprocess.run([sys.executable, "-c", SCRIPT.format(fault=fault), str(workdir), *ARGS],
+                        cwd=ROOT, capture_output=True, text=True)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("full")
+  assert run(workdir).returncode == 0
+  return read_jsonl(workdir / "metrics.jsonl")
+
+
+def test_kill_while_the_log_is_cut_back_loses_no_row(tmp_path, uninterrupted):
+  assert run(tmp_path, KILL_AT_70).returncode == -9
+  before = read_jsonl(tmp_path / "metrics.jsonl")
+  assert max(r["step"] for r in before) == 70
+  assert run(tmp_path, KILL_AT_FIRST_WRITE).returncode == -9
+  assert read_jsonl(tmp_path / "metrics.jsonl") == before  # nothing lost, nothing rewritten
+  assert run(tmp_path).returncode == 0
+  assert read_jsonl(tmp_path / "metrics.jsonl") == uninterrupted
+
+
+def test_torn_last_line_is_dropped_with_a_warning(tmp_path, uninterrupted):
+  assert run(tmp_path, KILL_AT_70).returncode == -9
+  with open(tmp_path / "metrics.jsonl", "a") as f:
+    f.write('{"step": 71, "split": "trai')
+  out = run(tmp_path)
+  assert out.returncode == 0, out.stderr
+  assert "dropped a torn last line" in out.stderr
+  assert read_jsonl(tmp_path / "metrics.jsonl") == uninterrupted
+
+
+def test_full_disk_while_logging_is_one_line(tmp_path, monkeypatch):
+  from metricattn import writers
+  write = writers.MetricWriter.write
+
+  def full_at_30(self, step, split, metrics):
+    if step >= 30:
+      raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.path))
+    write(self, step, split, metrics)
+
+  monkeypatch.setattr(writers.MetricWriter, "write", full_at_30)
+  config = tiny_moons(train__steps=60, train__checkpoint_every=20, train__log_every=10,
+                      train__eval_every=20)
+  with pytest.raises(DiskFull, match="^no space left on device while writing "
+                     f"{tmp_path / 'metrics.jsonl'}; checkpoints up to step 20 are intact; "
+                     "free space and rerun the same command$"):
+    train_and_evaluate(config, tmp_path)
+
+
+def mount_tmpfs(path, size):
+  if os.geteuid() != 0:
+    return False
+  path.mkdir()
+  return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                        capture_output=True).returncode == 0
+
+
+def test_full_disk_during_a_checkpoint_is_one_line(tmp_path):
+  disk = tmp_path / "disk"
+  if not mount_tmpfs(disk, "400k"):
+    pytest.skip("needs root and tmpfs to make a small disk")
+  try:
+    out = subprocess.run(
+        [sys.executable, "-m", "metricattn.main", "--config=configs/moons_ipn.py",
+         f"--workdir={disk / 'w'}", "--config.train.steps=400",
+         "--config.train.checkpoint_every=20", "--config.train.keep_checkpoints=100",
+         "--config.train.log_every=50"], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1, out.stderr
+    assert lines[0].startswith(f"error: no space left on device while writing {disk / 'w'}")
+    steps = sorted(int(p.name) for p in (disk / "w" / "checkpoints").iterdir()
+                   if p.name.isdigit())
+    assert lines[0].endswith(f"checkpoints up to step {steps[-1]} are intact; free space and "
+                             "rerun the same command")
+  finally:
+    subprocess.run(["umount", str(disk)])
