@@ -117,6 +117,14 @@ def test_hks_of_a_sphere_is_nearly_constant():
   assert (h.std(0) / h.mean(0)).max() < 0.1
 
 
+def test_hks_is_a_function_of_the_mesh():
+  # k_eig = 2 of the tetrahedron's 4 eigenpairs cuts through a repeated eigenvalue: the HKS
+  # then depends on ARPACK's start vector, which is fixed.
+  verts = geometry.normalize(TETRA)
+  first = geometry.hks(verts, TETRA_FACES, k_eig=8, num_times=4)
+  assert all(np.array_equal(first, geometry.hks(verts, TETRA_FACES, k_eig=8, num_times=4)) for _ in range(3))
+
+
 def test_cache_round_trip(tmp_path, monkeypatch):
   monkeypatch.setenv(meshes.DATA_ENV, str(tmp_path))
   small = meshes.Settings(k_eig=8, num_times=4)
