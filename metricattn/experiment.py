@@ -5,11 +5,12 @@
   python -m metricattn.experiment --list
 
 Steps: check the config and the data; record the definition in ROOT/experiment.json; run the
-sweep (attention kinds x seeds; seeds vmapped in one program where the experiment says so);
-for image classifiers, the robustness evaluation (`metricattn.robustness`); the experiment's
-own figure where it has one (`Experiment.figure`: ROOT/segmentation.png for mesh_seg); then
-ROOT/report.md with its figures (`metricattn.report`). Every step skips finished work, so
-after an interrupt the same command finishes the experiment. `--results DIR` copies the
+grid (attention kinds x seeds, as `metricattn.sweep` would: `grid_runner.run_grid`; seeds
+vmapped in one program where the experiment says so); for image classifiers, the robustness
+evaluation (`robustness.run`); the experiment's own figure where it has one
+(`Experiment.figure`: ROOT/segmentation.png for mesh_seg); then ROOT/report.md with its
+figures (`report.write_report`). Every step skips finished work, so after an interrupt the
+same command finishes the experiment. `--results DIR` copies the
 report and its figures to DIR. Run it from the repository root (configs and data
 directories are relative to it).
 """
@@ -28,18 +29,16 @@ from pathlib import Path
 
 from metricattn import registry
 from metricattn.config_utils import load_config_file, set_override
-from metricattn.cli import error
+from metricattn.cli import enable_compilation_cache, error
 from metricattn.errors import UserError
 from metricattn.fileio import write_atomic
+from metricattn.grid import parse_seeds
+from metricattn.grid_runner import run_grid
 
 REPO = Path(__file__).resolve().parents[1]
+# What every experiment may write into ROOT and --results copies (with its own figure).
 OUTPUTS = ("report.md", "report.json", "curves.png", "violin.png", "robustness.md",
-           "robustness.json", "robustness.png", "segmentation.png")
-# The experiment's own figure (Experiment.figure): file in ROOT, alt text, report caption.
-FIGURE = ("segmentation.png", "segmentation of 4 test meshes, seed 0",
-          "Face labels of the first 4 test meshes, front view: the ground truth (top row) and "
-          "the predictions of seed 0 of each group (one row per group); each panel's title "
-          "gives that mesh's face accuracy.")
+           "robustness.json", "robustness.png")
 
 
 def config_path(exp: registry.Experiment) -> Path:
@@ -70,16 +69,23 @@ def preflight(config) -> None:
     get_dataset(config)
 
 
-def sweep_args(exp: registry.Experiment, budget: str, root: Path,
-               jobs: int | None) -> list[str]:
+def grid_of(exp: registry.Experiment, budget: str, root: Path, jobs: int | None) -> dict:
+  """The experiment's grid: `run_grid`'s arguments, but the seeds as `--seeds` text."""
   b = exp.budget(budget)
-  config = os.path.relpath(config_path(exp)) + exp.config_arg(budget)[len(exp.config):]
-  args = [f"--config={config}", "--grid",
-          f"attention={','.join(exp.kinds_of(budget))}", "--seeds", f"0:{b.seeds}", "--root", str(root),
-          "--jobs", str(jobs or b.jobs)]
-  if b.overrides:
-    args += ["--set", *b.overrides]
-  return args + (["--vmap-seeds"] if exp.vmap_seeds else [])
+  return {"config": os.path.relpath(config_path(exp)) + exp.config_arg(budget)[len(exp.config):],
+          "grid": [f"attention={','.join(exp.kinds_of(budget))}"], "seeds": f"0:{b.seeds}",
+          "root": root, "overrides": list(b.overrides), "jobs": jobs or b.jobs,
+          "vmap_seeds": exp.vmap_seeds}
+
+
+def sweep_args(grid: dict) -> list[str]:
+  """The same grid as arguments of `python -m metricattn.sweep` (recorded in
+  experiment.json: the command that reruns the runs alone)."""
+  args = [f"--config={grid['config']}", "--grid", *grid["grid"], "--seeds", grid["seeds"],
+          "--root", str(grid["root"]), "--jobs", str(grid["jobs"])]
+  if grid["overrides"]:
+    args += ["--set", *grid["overrides"]]
+  return args + (["--vmap-seeds"] if grid["vmap_seeds"] else [])
 
 
 def record(root: Path, exp: registry.Experiment, budget: str, sweep: list[str],
@@ -111,49 +117,61 @@ def first_errors(root: Path, limit: int = 3) -> list[str]:
   return found[:limit]
 
 
-def copy_results(root: Path, results: Path) -> None:
+def outputs(exp: registry.Experiment) -> tuple[str, ...]:
+  """The files of ROOT that `--results` copies: OUTPUTS and the experiment's figure."""
+  return OUTPUTS + ((exp.figure.file,) if exp.figure else ())
+
+
+def copy_results(root: Path, results: Path, exp: registry.Experiment) -> None:
   results.mkdir(parents=True, exist_ok=True)
-  for name in OUTPUTS:
+  for name in outputs(exp):
     if (root / name).exists():
       shutil.copy2(root / name, results / name)
 
 
-def draw_figure(spec: str, root: Path) -> tuple[str, str, str]:
-  """Calls the "module:function" `spec` with (root, ROOT/FIGURE file); returns FIGURE."""
-  module, _, function = spec.partition(":")
-  getattr(importlib.import_module(module), function)(root, root / FIGURE[0])
-  print(f"wrote {root / FIGURE[0]}")
-  return FIGURE
+def draw_figure(figure: registry.Figure, root: Path) -> tuple[str, str, str]:
+  """Draws ROOT/figure.file; returns (file, alt text, caption) for the report."""
+  module, _, function = figure.draw.partition(":")
+  getattr(importlib.import_module(module), function)(root, root / figure.file)
+  print(f"wrote {root / figure.file}")
+  return figure.file, figure.alt, figure.caption
+
+
+def evaluate_robustness(exp: registry.Experiment, budget: str, root: Path) -> None:
+  """The robustness evaluation of every run under root (`robustness.run`), printed."""
+  from metricattn import robustness
+  from metricattn.attacks import Settings
+  enable_compilation_cache()
+  try:
+    print(robustness.run(root, Settings(**exp.robustness_of(budget))))
+  except UserError as e:
+    raise UserError(f"the robustness evaluation of {root} failed: {e}") from None
 
 
 def run(name: str, budget: str, root: Path | None, jobs: int | None,
         results: Path | None, command: str, robust: bool = True) -> int:
   from metricattn.report import write_report
-  from metricattn.sweep import main as sweep_main
   t0 = time.perf_counter()
   exp = registry.get(name)
   exp.budget(budget)
   root = root or Path("runs/experiments") / name / budget
   preflight(load_config(exp, budget, exp.kinds_of(budget)[0]))
-  sweep = sweep_args(exp, budget, root, jobs)
-  meta = record(root, exp, budget, sweep, command)
+  grid = grid_of(exp, budget, root, jobs)
+  meta = record(root, exp, budget, sweep_args(grid), command)
   print(f"experiment {name}, budget {budget}: {meta['sweep']}", flush=True)
-  if sweep_main(sweep) != 0:
+  if run_grid(**{**grid, "seeds": parse_seeds(grid["seeds"])}) != 0:
     for line in first_errors(root):
       print(line, file=sys.stderr)
     raise UserError(f"some runs of {name} failed (logs under {root}); fix the cause and rerun "
                     "the same command to finish")
   if exp.robustness and robust:
-    from metricattn import robustness
-    args = [*exp.robustness_args, *exp.budget(budget).robustness_args]
-    if robustness.main([f"--workdir={root}", *args]) != 0:
-      raise UserError(f"the robustness evaluation of {root} failed")
+    evaluate_robustness(exp, budget, root)
   more = [draw_figure(exp.figure, root)] if exp.figure else []
   write_report(root, experiment=meta, more_figures=more)
   print(f"wrote {root / 'report.md'}")
   print(f"experiment {name}, budget {budget}: done in {time.perf_counter() - t0:.0f} s")
   if results:
-    copy_results(root, results)
+    copy_results(root, results, exp)
     print(f"copied the report and figures to {results}")
   return 0
 

@@ -19,6 +19,7 @@ from ml_collections import config_flags
 
 from metricattn.cli import enable_compilation_cache, fail, run, set_cpu_devices
 from metricattn.errors import Interrupted, UserError
+from metricattn.grid import parse_seeds
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (path:args).",
                                           lock_config=True)
@@ -115,7 +116,6 @@ def exit_now(code: int) -> None:
 
 def train() -> None:
   try:
-    from metricattn.sweep import parse_seeds
     from metricattn.train import train_and_evaluate, train_seeds
     if _SEEDS.value:
       run(train_seeds, _CONFIG.value, run(parse_seeds, _SEEDS.value), _WORKDIR.value,

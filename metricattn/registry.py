@@ -41,8 +41,19 @@ class Budget:
   seeds: int = 10
   jobs: int = 1
   note: str = ""
-  robustness_args: tuple[str, ...] = ()   # appended to the experiment's
+  # fields of metricattn.attacks.Settings, over the experiment's robustness_settings
+  robustness_settings: dict = dataclasses.field(default_factory=dict)
   kinds: tuple[str, ...] = ()              # this budget's attention kinds, if not the experiment's
+
+
+@dataclasses.dataclass(frozen=True)
+class Figure:
+  """An experiment's own figure: `draw` ("module:function", called with (root, path)) draws
+  ROOT/`file`; the report shows it with `alt` text and `caption`."""
+  draw: str
+  file: str
+  alt: str
+  caption: str
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,8 +68,9 @@ class Experiment:
   kinds: tuple[str, ...] = KINDS
   vmap_seeds: bool = False
   robustness: bool = False         # also run metricattn.robustness after training
-  robustness_args: tuple[str, ...] = ()
-  figure: str = ""                 # "module:function" of (root, path): draws ROOT/segmentation.png
+  # fields of metricattn.attacks.Settings for it (the others at their defaults)
+  robustness_settings: dict = dataclasses.field(default_factory=dict)
+  figure: Figure | None = None     # the experiment's own figure, if it has one
   anchor: str = ""                 # a published number to compare with, named in the report
 
   def budget(self, name: str) -> Budget:
@@ -70,6 +82,10 @@ class Experiment:
   def kinds_of(self, budget: str) -> tuple[str, ...]:
     """The attention kinds `budget` runs: its own, else the experiment's."""
     return self.budget(budget).kinds or self.kinds
+
+  def robustness_of(self, budget: str) -> dict:
+    """The robustness settings of `budget`: the experiment's, updated by the budget's."""
+    return {**self.robustness_settings, **self.budget(budget).robustness_settings}
 
   def config_arg(self, budget: str) -> str:
     """`configs/x.py:a=1,b=2` with the shared and the budget's arguments."""
@@ -89,7 +105,7 @@ def ipn(name: str, dataset: str, title: str, target: float, full_steps: int, ful
       args=f"dataset={dataset}" + (f",source={source}" if source else ""),
       metric="test/accuracy", target=target, vmap_seeds=True, robustness=True,
       kinds=ROBUSTNESS_KINDS,
-      robustness_args=("--max-examples=1000",),
+      robustness_settings={"max_examples": 1000},
       budgets={"full": Budget(f"steps={full_steps}", note=f"{full_steps:,} steps, 10 seeds "
                               f"vmapped per kind; {full_where}"),
                "quick": quick,
@@ -101,7 +117,8 @@ EXPERIMENTS = {e.name: e for e in [
         name="moons", title="Moon, IPN (paper Fig. 4)", config="configs/moons_ipn.py",
         metric="test/accuracy", target=0.95, vmap_seeds=True, robustness=True,
         kinds=ROBUSTNESS_KINDS,
-        robustness_args=("--sigmas=0,0.1,0.2,0.3,0.5,0.8", "--eps=0,0.05,0.1,0.2,0.3,0.5"),
+        robustness_settings={"sigmas": (0.0, 0.1, 0.2, 0.3, 0.5, 0.8),
+                             "epsilons": (0.0, 0.05, 0.1, 0.2, 0.3, 0.5)},
         budgets={
             "full": Budget("steps=10000", note="10,000 steps (2,500 epochs), 10 seeds "
                            "vmapped per kind; the paper gives no length; a few minutes on "
@@ -180,7 +197,11 @@ EXPERIMENTS = {e.name: e for e in [
         title="Human-mesh segmentation, IPN with graph-masked attention (paper Fig. 5, "
               "procedural bodies)",
         config="configs/mesh_seg.py", metric="test/accuracy", target=0.8, vmap_seeds=True,
-        figure="metricattn.mesh_figure:segmentation_figure",
+        figure=Figure("metricattn.mesh_figure:segmentation_figure", "segmentation.png",
+                      "segmentation of 4 test meshes, seed 0",
+                      "Face labels of the first 4 test meshes, front view: the ground truth "
+                      "(top row) and the predictions of seed 0 of each group (one row per "
+                      "group); each panel's title gives that mesh's face accuracy."),
         budgets={
             "full": Budget("steps=4000", note="4,000 steps of 2 meshes (about 20 epochs), 10 "
                            "seeds vmapped per kind"),
@@ -224,14 +245,14 @@ EXPERIMENTS = {e.name: e for e in [
     Experiment(
         name="vit_fashion_mnist", title="Fashion-MNIST, ViT (ours)",
         config="configs/vit_image.py", args="dataset=fashion_mnist", metric="test/accuracy",
-        target=0.80, robustness=True, robustness_args=("--max-examples=1000",),
+        target=0.80, robustness=True, robustness_settings={"max_examples": 1000},
         kinds=ROBUSTNESS_KINDS,
         budgets={
             "full": Budget("epochs=30,variant=Ti/4", note="ViT-Ti/4, 30 epochs, 10 seeds; "
                            "one GPU"),
             "quick": Budget("epochs=1,batch=32",
                             ("train.eval_every=286", "train.checkpoint_every=286"), seeds=3,
-                            robustness_args=("--max-examples=500", "--pgd-steps=5"),
+                            robustness_settings={"max_examples": 500, "pgd_steps": 5},
                             note="ViT-Mu/7, one epoch at batch 32 (1,718 steps), 3 seeds; "
                                  "robustness on 500 test images with PGD-5"),
             "test": Budget("epochs=0.01", ("train.log_every=1",), seeds=2,

@@ -27,7 +27,7 @@ of few points) and violin.png (final metric).
 
 On the root of an Optuna study (`metricattn.sweep --space ...`; ROOT/study.json) the report
 adds the study's best trials and Optuna's optimisation-history and parameter-importance
-figures (`metricattn.study.report_section`).
+figures (`metricattn.study.section.study_section`).
 
 The target comes from --target, else from ROOT/experiment.json (written by
 `python -m metricattn.experiment`, which also gives the budget and command for the header).
@@ -41,14 +41,15 @@ import json
 import sys
 from pathlib import Path
 
-from metricattn import plots, reporting, stats
-from metricattn import study as study_lib
+from metricattn import plots, stats
 from metricattn.cli import error
 from metricattn.errors import UserError
 from metricattn.fileio import read_json, read_jsonl, write_atomic
 from metricattn import runs as runs_lib
 from metricattn.runs import SELECTION_SPLIT, best_val_step, experiment_title, load_experiment
-from metricattn.reporting import machine_description, markdown_table
+from metricattn.reporting import fmt, machine_description, markdown_table, mean_std
+from metricattn.study.section import study_section
+from metricattn.study.storage import STUDY_FILE
 
 # The headline metric of a run, by preference.
 METRICS = ("test/accuracy", "test/bleu", "val/accuracy", "val/bleu")
@@ -179,10 +180,6 @@ def comparisons(groups: dict[str, dict]) -> tuple[list[dict], list[str]]:
 
 # ---------------------------------------------------------------- rendering
 
-def fmt(x, digits: int = 4) -> str:
-  return "n/a" if x is None else f"{x:.{digits}f}"
-
-
 def metric_digits(metric: str) -> int:
   """Decimals for a metric: BLEU (0..100) with 2, accuracies with 4."""
   return 2 if "bleu" in metric else 4
@@ -224,10 +221,6 @@ def corpus_lines(runs: list[dict]) -> list[str]:
     lines.insert(0, f"- **Warning: these runs used {len(lines)} different corpora; results "
                  "on different corpora are not comparable.**")
   return lines
-
-
-def mean_std(f: dict, digits: int) -> str:
-  return reporting.mean_std(f["mean"], f["std"], f["n"], digits)
 
 
 def has_val(groups: dict[str, dict]) -> bool:
@@ -385,8 +378,8 @@ def write_report(root: Path, *, target: float | None = None, experiment: dict | 
   if target is None and experiment:
     target = experiment.get("target")
   more_lines = []
-  if (root / study_lib.STUDY_FILE).exists():  # an Optuna study's root
-    more_lines, study_figures = study_lib.report_section(root)
+  if (root / STUDY_FILE).exists():  # an Optuna study's root
+    more_lines, study_figures = study_section(root)
     more_figures = [*more_figures, *study_figures]
   text, data = render(root, runs, target=target, experiment=experiment,
                       more_figures=more_figures, more_lines=more_lines)

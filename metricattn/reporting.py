@@ -1,4 +1,5 @@
-"""What every written report shares: the markdown table and the machine description.
+"""What every written report shares: the markdown table, the number formats and the
+machine description.
 
 Figures are saved by `metricattn.plots.save` (title, layout, PNG, close).
 """
@@ -16,10 +17,16 @@ def markdown_table(header: list[str], rows: list[list]) -> list[str]:
           + ["| " + " | ".join(str(c) for c in r) + " |" for r in rows])
 
 
-def mean_std(mean: float | None, std: float | None, n: int, digits: int = 4) -> str:
-  """'mean ± std', or 'mean (n = 1, no spread)' below two values: one seed has no spread."""
-  fmt = lambda x: "n/a" if x is None else f"{x:.{digits}f}"
-  return f"{fmt(mean)} (n = 1, no spread)" if n < 2 else f"{fmt(mean)} ± {fmt(std)}"
+def fmt(x: float | None, digits: int = 4) -> str:
+  """A number with `digits` decimals; 'n/a' for None."""
+  return "n/a" if x is None else f"{x:.{digits}f}"
+
+
+def mean_std(summary: dict, digits: int = 4) -> str:
+  """'mean ± std' of a summary over seeds ({'mean', 'std', 'n'}, as `stats.summarize` gives
+  it), or 'mean (n = 1, no spread)' below two values: one seed has no spread."""
+  mean, std = fmt(summary["mean"], digits), fmt(summary["std"], digits)
+  return f"{mean} (n = 1, no spread)" if summary["n"] < 2 else f"{mean} ± {std}"
 
 
 def machine_description() -> str:

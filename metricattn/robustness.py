@@ -22,16 +22,15 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
-
-from metricattn import reporting, runs as runs_lib
+from metricattn import runs as runs_lib
 from metricattn.attention.layer import attention_name
 from metricattn.attacks import ATTACKS, EPSILONS, SIGMAS, Settings, evaluate_attacks
 from metricattn.cli import error
 from metricattn.errors import UserError
 from metricattn.fileio import read_json, write_atomic
 from metricattn.restore import restore
-from metricattn.reporting import markdown_table
+from metricattn.reporting import markdown_table, mean_std
+from metricattn.stats import summarize
 
 
 # ---------------------------------------------------------------- checkpoints
@@ -98,15 +97,10 @@ def aggregate(root: Path, results: list[dict]) -> dict:
           for name, rs in sorted(groups.items())}
 
 
-def mean_std(accs: list[float]) -> str:
-  accs = np.asarray(accs)
-  return reporting.mean_std(accs.mean(), accs.std(ddof=1) if len(accs) > 1 else None, len(accs))
-
-
 def table(agg: dict, attack: str, label: str) -> list[str]:
   """Markdown table: a row per strength, a column per group, mean ± std over seeds."""
   names = list(agg)
-  rows = [[f"{s:g}", *(mean_std(agg[n][attack][j][1]) for n in names)]
+  rows = [[f"{s:g}", *(mean_std(summarize(agg[n][attack][j][1])) for n in names)]
           for j, (s, _) in enumerate(agg[names[0]][attack])]
   return markdown_table([label, *names], rows)
 
@@ -115,7 +109,7 @@ def labels(settings: Settings) -> list[tuple[str, str]]:
   return [("noise", "sigma"), ("fgsm", "FGSM eps"), ("pgd", f"PGD-{settings.pgd_steps} eps")]
 
 
-def write_root(root: Path, results: list[dict], settings: Settings) -> str:
+def write_root_report(root: Path, results: list[dict], settings: Settings) -> str:
   """ROOT/robustness.json, robustness.md (tables) and robustness.png; returns the markdown."""
   from metricattn import plots
   agg = aggregate(root, results)
@@ -140,8 +134,17 @@ def write_root(root: Path, results: list[dict], settings: Settings) -> str:
   return text
 
 
+def check_settings(settings: Settings) -> None:
+  """A UserError unless there is a PGD step, a sigma and an eps."""
+  if settings.pgd_steps < 1 or not settings.sigmas or not settings.epsilons:
+    raise UserError("need --pgd-steps >= 1 and at least one sigma and one eps")
+
+
 def run(workdir: Path, settings: Settings, force: bool = False) -> str:
-  """One run (WORKDIR/config.json exists) or every run below a root; returns a summary."""
+  """Evaluates one run (WORKDIR/config.json exists) or every run below a root (and writes
+  the root's robustness report); returns what to print: the run's tables, or the root's
+  robustness.md."""
+  check_settings(settings)
   if (workdir / "config.json").exists():
     r = evaluate_run(workdir, settings, force)
     agg = {r["attention"]: next(iter(aggregate(workdir.parent, [r]).values()))}
@@ -158,7 +161,7 @@ def run(workdir: Path, settings: Settings, force: bool = False) -> str:
   for i, w in enumerate(runs, 1):
     results.append(evaluate_run(w, settings, force))
     print(f"[{i}/{len(runs)}] {w}: clean {results[-1]['clean_accuracy']:.4f}", flush=True)
-  return write_root(workdir, results, settings)
+  return write_root_report(workdir, results, settings)
 
 
 def floats(text: str) -> tuple[float, ...]:
@@ -182,8 +185,6 @@ def main(argv: list[str] | None = None) -> int:
   from metricattn.cli import enable_compilation_cache
   enable_compilation_cache()
   try:
-    if a.pgd_steps < 1 or not a.sigmas or not a.eps:
-      raise UserError("need --pgd-steps >= 1 and at least one sigma and one eps")
     print(run(a.workdir, settings, a.force))
   except UserError as e:
     return error(str(e))

@@ -1,4 +1,4 @@
-"""Optuna studies (metricattn/study.py): two workers on one storage, a killed worker's trial
+"""Optuna studies (metricattn/study/): two workers on one storage, a killed worker's trial
 resumed from its checkpoint, a grid study equal to the `--grid` sweep, pruning from
 metrics.jsonl, bad spaces as one line, the report's study section, wandb groups."""
 
@@ -14,7 +14,10 @@ import optuna
 import pytest
 
 from helpers import ROOT, tiny_moons
-from metricattn import report, runs, study, sweep
+from metricattn import grid, report, sweep
+from metricattn.errors import UserError
+from metricattn.restore import restore
+from metricattn.study import space, storage, worker
 from metricattn.writers import MetricWriter
 
 CONFIG = "--config=configs/moons_ipn.py"
@@ -24,8 +27,8 @@ GRID = ["attention=softmax,l2", "optimizer.lr=1e-3,3e-3", "optimizer.weight_deca
 
 
 def load(root, name=None):
-  storage = study.open_storage(str(root / "optuna.journal"))
-  return optuna.load_study(study_name=name or root.name, storage=storage)
+  journal = storage.open_storage(str(root / "optuna.journal"))
+  return optuna.load_study(study_name=name or root.name, storage=journal)
 
 
 def one_error_line(capsys, args, match: str) -> None:
@@ -73,13 +76,13 @@ def test_grid_study_equals_the_grid_sweep(grid_study, capsys):
   """The same runs as `--grid`: its plan's workdirs and configs, and `--grid` on the study's
   root finds every run finished."""
   root, _ = grid_study
-  planned = {w for ws, _ in sweep.plan("configs/moons_ipn.py", GRID, [0], root, TINY[1:])
+  planned = {w for ws, _ in grid.plan("configs/moons_ipn.py", GRID, [0], root, TINY[1:])
              for w in ws}
   assert {p.parent for p in root.rglob("config.json")} == planned
-  configs = sweep.check_points("configs/moons_ipn.py", sweep.grid_points(GRID), TINY[1:])
-  for point, config in zip(sweep.grid_points(GRID), configs):
-    trained = json.loads((sweep.plan("configs/moons_ipn.py", GRID, [0], root, TINY[1:])
-                          [sweep.grid_points(GRID).index(point)][0][0] / "config.json")
+  configs = grid.check_points("configs/moons_ipn.py", grid.grid_points(GRID), TINY[1:])
+  for point, config in zip(grid.grid_points(GRID), configs):
+    trained = json.loads((grid.plan("configs/moons_ipn.py", GRID, [0], root, TINY[1:])
+                          [grid.grid_points(GRID).index(point)][0][0] / "config.json")
                          .read_text())
     del trained["sweep"], trained["wandb"]["group"], trained["wandb"]["name"]
     assert trained == json.loads(config.to_json())
@@ -138,7 +141,7 @@ def test_killed_worker_trial_resumes_from_its_checkpoint(tmp_path):
 # ---------------------------------------------------------------- pruning, no training
 
 def test_pruning_stops_the_trial_process_from_metrics_jsonl(tmp_path):
-  s = optuna.create_study(direction="maximize", pruner=study.make_pruner("median", 40, 10))
+  s = optuna.create_study(direction="maximize", pruner=storage.make_pruner("median", 40, 10))
   dist = {"optimizer.lr": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True)}
   for lr in (1e-3, 2e-3):
     s.add_trial(optuna.create_trial(params={"optimizer.lr": lr}, distributions=dist,
@@ -149,16 +152,16 @@ def test_pruning_stops_the_trial_process_from_metrics_jsonl(tmp_path):
   (workdir / "metrics.jsonl").write_text("".join(
       json.dumps({"step": step, "split": "test", "accuracy": 0.5, "loss": 1.0}) + "\n"
       for step in (10, 20)))
-  worker = study.Worker({"objective": "test/accuracy", "sampler": "tpe"}, tmp_path, [], 4,
+  w = worker.Worker({"objective": "test/accuracy", "sampler": "tpe"}, tmp_path, [], 4,
                         heartbeat=1.0, poll=0.05, name="w")
   proc = subprocess.Popen(["sleep", "60"])
-  with pytest.raises(study._Pruned) as e:
-    worker.watch(proc, trial, [workdir])
+  with pytest.raises(worker._Pruned) as e:
+    w.watch(proc, trial, [workdir])
   assert e.value.step == 10 and proc.poll() == -signal.SIGTERM
   frozen = s.trials[-1]
   assert frozen.intermediate_values == {10: 0.5} and "heartbeat" in frozen.user_attrs
-  with pytest.raises(study.UserError, match="val/accuracy is not among the evaluations"):
-    study.intermediate([workdir], "val/accuracy")
+  with pytest.raises(UserError, match="val/accuracy is not among the evaluations"):
+    worker.intermediate([workdir], "val/accuracy")
 
 
 # ---------------------------------------------------------------- bad input, one line each
@@ -194,7 +197,7 @@ def test_other_bad_study_input_is_one_line(tmp_path, capsys):
   one_error_line(capsys, [CONFIG, *lr, *lr, "--trials", "2", "--root", str(root)],
                  "key 'optimizer.lr' appears more than once")
   assert not root.exists()
-  study.record_definition(root, {"study": "a", "space": ["x=choice(1,2)"], "trials": 2})
+  storage.record_definition(root, {"study": "a", "space": ["x=choice(1,2)"], "trials": 2})
   one_error_line(capsys, [CONFIG, *lr, "--trials", "2", "--study", "a", "--root", str(root)],
                  "space: ['x=choice(1,2)'] -> ['optimizer.lr=loguniform(1e-4,1e-2)']")
 
@@ -203,11 +206,11 @@ def test_space_file_and_grid_values(tmp_path):
   path = tmp_path / "space.txt"
   path.write_text("# the Moon IPN's learning rate and width\noptimizer.lr=loguniform(1e-4,1e-2)\n"
                   "\nmodel.width=int(8,32,8)  # steps of 8\n")
-  space = study.parse_space(study.read_space_file(path))
-  assert [(p.key, p.kind, p.args) for p in space] == [
+  params = space.parse_space(space.read_space_file(path))
+  assert [(p.key, p.kind, p.args) for p in params] == [
       ("optimizer.lr", "loguniform", (1e-4, 1e-2)), ("model.width", "int", (8, 32, 8))]
-  assert space[1].grid_values() == [8, 16, 24, 32]
-  assert study.format_value(0.1 + 0.2) == "0.30000000000000004"  # exact: the workdir's name
+  assert params[1].grid_values() == [8, 16, 24, 32]
+  assert space.point_value(0.1 + 0.2) == "0.30000000000000004"  # exact: the workdir's name
 
 
 # ---------------------------------------------------------------- wandb groups the trials
