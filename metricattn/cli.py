@@ -38,11 +38,51 @@ def xla_cache_dir() -> str:
   return os.environ.get(XLA_CACHE_ENV, os.path.expanduser("~/.cache/metricattn/xla"))
 
 
+def _remove_broken_xla_entries(directory: str, grace_s: float = 10.0) -> None:
+  """Removes the entries of the XLA cache at `directory` that JAX cannot read: files NAME-cache
+  (JAX writes one per program, compressed, in place) that are empty, unreadable, or start
+  with zero bytes (no zlib or zstd stream does), older than `grace_s` (younger ones may be a
+  write in progress). JAX never replaces an entry that exists, so each of these would warn on
+  every later run. One line on stderr when any is removed. A directory scan: one stat (and
+  one 8-byte read) per entry; an entry cut short elsewhere is not detected."""
+  import time
+  try:
+    entries = list(os.scandir(directory))
+  except OSError:
+    return
+  removed, now = [], time.time()
+  for entry in entries:
+    if not entry.name.endswith("-cache"):
+      continue
+    try:
+      st = entry.stat(follow_symlinks=False)
+      if not entry.is_file(follow_symlinks=False) or now - st.st_mtime < grace_s:
+        continue
+      try:
+        with open(entry.path, "rb") as f:
+          head = f.read(8)
+      except PermissionError:
+        head = b""
+      if head.strip(b"\0"):
+        continue
+      os.unlink(entry.path)
+      removed.append(entry.name)
+    except OSError:
+      continue  # removed by another process meanwhile, or not ours to remove
+  if removed:
+    print(f"warning: XLA cache {directory}: removed {len(removed)} broken entr"
+          f"{'y' if len(removed) == 1 else 'ies'} (empty, zeroed or unreadable, left by an "
+          f"interrupted write; JAX compiles them again): {', '.join(removed[:3])}"
+          f"{', ...' if len(removed) > 3 else ''}", file=sys.stderr)
+
+
 def enable_compilation_cache() -> None:
-  """Persistent XLA cache: repeated runs of the same shapes compile in a fraction of the time."""
+  """Persistent XLA cache: repeated runs of the same shapes compile in a fraction of the time.
+  Entries an interrupted write left empty or zeroed are removed first (one line)."""
   import logging
   import jax
   logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
+  _remove_broken_xla_entries(xla_cache_dir())
   jax.config.update("jax_compilation_cache_dir", xla_cache_dir())
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
 
