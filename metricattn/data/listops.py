@@ -32,7 +32,8 @@ Where this differs from LRA's script (the kept trees have the same distribution)
   - A tree is abandoned as soon as it reaches `max_length` tokens (LRA builds it whole and
     then rejects it).
 Generated once per setting and cached in $METRICATTN_DATA/listops (default
-~/.cache/metricattn/listops), one .npz named by every setting.
+~/.cache/metricattn/listops), one .npz named by every setting; a broken cache file is moved
+aside and generated again (data/cache.py).
 
 Config fields (config.data.*): name "listops", seed (the data set's; the same for every run
 seed), num_train, num_val, num_test, min_length, max_length, max_depth, max_args, bucket,
@@ -49,7 +50,7 @@ from pathlib import Path
 
 import numpy as np
 
-from metricattn.data.cache import data_root, save_npz
+from metricattn.data.cache import CorruptFile, data_root, load_guarded, load_npz, save_npz
 from metricattn.data.arrays import ArrayData
 from metricattn.errors import UserError
 
@@ -169,11 +170,26 @@ def cache_path(s: Settings) -> Path:
       f"-len{s.min_length}-{s.max_length}-depth{s.max_depth}-args{s.max_args}.npz")
 
 
+def read_cache(path: Path, s: Settings) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+  """The arrays `load` saved for `s`, each read whole; a CorruptFile (or the error of the zip
+  or npy reader) when the file is not whole or does not hold the shapes of `s`."""
+  z = load_npz(path, [f"{split}_{part}" for split in SPLITS for part in ("tokens", "labels")])
+  out = {}
+  for split in SPLITS:
+    x, y, n = z[f"{split}_tokens"], z[f"{split}_labels"], s.size(split)
+    if (x.dtype, x.shape, y.dtype, y.shape) != (np.uint8, (n, s.max_length - 1), np.int32, (n,)):
+      raise CorruptFile(f"{split}: tokens {x.dtype} {x.shape}, labels {y.dtype} {y.shape}; expected "
+                        f"uint8 {(n, s.max_length - 1)}, int32 {(n,)}")
+    out[split] = (x, y)
+  return out
+
+
 def load(s: Settings, say=print) -> dict[str, tuple[np.ndarray, np.ndarray]]:
   """split -> (tokens uint8 [n, max_length - 1] padded with 0, labels int32 [n]), generated
-  on first use and cached."""
+  on first use and cached (a broken cache file is moved aside and generated again)."""
   path = cache_path(s)
-  if not path.exists():
+  data = load_guarded(path, lambda p: read_cache(p, s))
+  if data is None:
     t = time.perf_counter()
     say(f"generating ListOps ({s.num_train:,}/{s.num_val:,}/{s.num_test:,} examples of "
         f"{s.min_length + 1:,}-{s.max_length - 1:,} tokens) into {path}")
@@ -186,8 +202,8 @@ def load(s: Settings, say=print) -> dict[str, tuple[np.ndarray, np.ndarray]]:
       arrays[f"{split}_labels"] = np.asarray(labels, np.int32)
     save_npz(path, arrays)
     say(f"generated ListOps in {time.perf_counter() - t:.0f} s")
-  with np.load(path) as z:
-    return {split: (z[f"{split}_tokens"], z[f"{split}_labels"]) for split in SPLITS}
+    data = {split: (arrays[f"{split}_tokens"], arrays[f"{split}_labels"]) for split in SPLITS}
+  return data
 
 
 def bucketed(length: int, bucket: int) -> int:

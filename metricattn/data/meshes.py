@@ -24,7 +24,8 @@ import numpy as np
 from scipy.special import logsumexp
 from skimage.measure import marching_cubes
 
-from metricattn.data.cache import DATA_ENV, data_root, save_npz  # noqa: F401 (DATA_ENV)
+from metricattn.data.cache import DATA_ENV, data_root  # noqa: F401 (DATA_ENV)
+from metricattn.data.cache import CorruptFile, load_guarded, load_npz, save_npz
 from metricattn.data.mesh_geometry import (MeshSet, check_features, clean, face_areas, is_closed_manifold,
                                            mesh_record, parallel_map, to_mesh_set)
 from metricattn.errors import UserError
@@ -231,6 +232,7 @@ def generate(num_bodies: int, seed: int, features: str = "hks", stream: int = 0,
 KEYS = ("verts", "faces", "face_labels", "hks", "receivers", "senders")
 COUNTS = {"verts": "verts", "faces": "faces", "face_labels": "faces", "hks": "verts",
           "receivers": "edges", "senders": "edges"}
+NUM_KEYS = ("num_verts", "num_faces", "num_edges")
 
 
 def save_records(path: Path, records) -> None:
@@ -242,9 +244,18 @@ def save_records(path: Path, records) -> None:
   save_npz(path, arrays)
 
 
-def load_records(path: Path) -> list:
-  with np.load(path) as z:
-    split = {k: np.split(z[k], np.cumsum(z[f"num_{COUNTS[k]}"])[:-1]) for k in KEYS}
+def load_records(path: Path, num_bodies: int | None = None) -> list:
+  """The records `save_records` wrote, each array read whole; a CorruptFile (or the error of
+  the zip or npy reader) when the file is not whole: an array missing, the counts not adding
+  up to the arrays' lengths, or not `num_bodies` meshes."""
+  z = load_npz(path, KEYS + NUM_KEYS)
+  for k in KEYS:
+    counts = z[f"num_{COUNTS[k]}"]
+    if counts.ndim != 1 or (counts < 0).any() or counts.sum() != len(z[k]):
+      raise CorruptFile(f"{k} has {len(z[k])} rows, num_{COUNTS[k]} sums to {counts.sum()}")
+  if len({len(z[k]) for k in NUM_KEYS}) != 1 or num_bodies not in (None, len(z["num_verts"])):
+    raise CorruptFile(f"counts for {', '.join(str(len(z[k])) for k in NUM_KEYS)} meshes, not {num_bodies}")
+  split = {k: np.split(z[k], np.cumsum(z[f"num_{COUNTS[k]}"])[:-1]) for k in KEYS}
   return [dict(zip(KEYS, values)) for values in zip(*(split[k] for k in KEYS))]
 
 
@@ -265,15 +276,15 @@ SPLITS = {"train": 0, "test": 1}
 def load_split(split: str, features: str = "hks", seed: int = 0, num_train: int = 380, num_test: int = 20,
                settings: Settings = Settings(), workers: int | None = None) -> MeshSet:
   """The procedural data set's `split` ("train": `num_train` bodies of stream 0, "test":
-  `num_test` of stream 1), generated on first use and cached as one .npz per split."""
+  `num_test` of stream 1), generated on first use and cached as one .npz per split (a broken
+  cache file is moved aside and generated again: data/cache.py)."""
   if split not in SPLITS:
     raise UserError(f"unknown mesh split {split!r}; allowed: {', '.join(SPLITS)}")
   check_features(features)
   n = num_train if split == "train" else num_test
   path = cache_path(split, n, seed, settings)
-  if path.exists():
-    records = load_records(path)
-  else:
+  records = load_guarded(path, lambda p: load_records(p, n))
+  if records is None:
     records = generate_records(n, seed, SPLITS[split], settings, workers)
     save_records(path, records)
   return to_mesh_set(records, features)

@@ -20,7 +20,8 @@ Multi30k (`config.data.name = "multi30k"`): Task 1 EN-DE from the published plai
 (1,014), test_2016_flickr.{en,de} (1,000), each optionally gzipped (`.gz`). Evaluated splits:
 "val" and "test" (test2016). The tokenizer is trained on the training split and saved in the
 tokenizer directory: `Multi30kData(config, tokenizer_dir=...)` or config.data.tokenizer_dir;
-the trainer should pass the run's workdir so that resume and evaluation reuse it.
+the trainer should pass the run's workdir so that resume and evaluation reuse it (a broken
+tokenizer file there is moved aside and trained again: tokenizers.py).
 
 config.data fields read for multi30k (suggested defaults):
   name           "multi30k"
@@ -53,6 +54,7 @@ import numpy as np
 from metricattn.data import tokenizers as tok
 from metricattn.data.sampling import batch_indices, eval_chunks
 from metricattn.errors import UserError
+from metricattn.fileio import write_atomic
 
 PAD, BOS, EOS = tok.PAD, tok.BOS, tok.EOS
 MULTI30K_FILES = {"train": "train", "val": "val", "test": "test_2016_flickr"}
@@ -172,9 +174,7 @@ def download_multi30k(data_dir: Path, names: list[str], url: str) -> None:
     except OSError as e:
       raise UserError(f"could not download Multi30k file {name}.gz from {url} ({e}); put "
                       f"the files in {data_dir} by hand") from None
-    tmp = target.with_name(target.name + ".part")
-    tmp.write_bytes(data)
-    tmp.replace(target)
+    write_atomic(target, data)
 
 
 def multi30k_texts(d, langs: tuple[str, str]) -> dict[str, tuple[list[str], list[str]]]:
