@@ -57,7 +57,9 @@ DEFAULT_EPOCHS = {"paper": 1000, "fast": 40}
 
 def translation_optimizer(schedule: str, per_epoch: int) -> dict:
   """`config.optimizer` of a translation schedule (configs/multi30k_transformer.py documents
-  both); `per_epoch` is the number of steps in an epoch."""
+  both); `per_epoch` is the number of steps in an epoch: an int, or a FieldReference (e.g.
+  derived from data.batch_size), which the paper schedule's plateau.start_step, derived as
+  100 epochs + 1 step, then follows."""
   if schedule == "paper":
     return dict(name="adam", lr=1e-5, weight_decay=5e-4, b1=0.9, b2=0.999, eps=5e-9,
                 grad_clip=1.0, schedule="constant", warmup_steps=0,

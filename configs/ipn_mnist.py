@@ -41,7 +41,12 @@ Fields (every one is read by the trainer, the data or the model):
   optimizer.name, .lr, .weight_decay, .b1, .b2, .eps, .grad_clip, .schedule,
   .warmup_steps (read by the warmup schedules only)   (metricattn/optim.py)
   train.steps, .log_every, .eval_every, .checkpoint_every, .keep_checkpoints
+    (derived: .log_every = 100, at most train.steps)
+    (derived: .eval_every, .checkpoint_every = 1,000, at most train.steps)
   wandb.mode, wandb.project (read when wandb.mode is online or offline)
+
+A derived field follows an override of the fields it derives from (`--config.train.steps=50`
+moves the intervals with it) until it is set itself.
 
 Runs made (2-core x86_64 CPU, Intel Xeon, JAX 0.10.2; numbers copied from each workdir's
 summary.json), with
@@ -60,7 +65,7 @@ from pathlib import Path
 
 import ml_collections
 
-from metricattn.config_utils import load_module, parse_arg
+from metricattn.config_utils import derived, load_module, parse_arg
 
 common = load_module(Path(__file__).with_name("common.py"))
 from metricattn.data.images import image_source
@@ -86,8 +91,9 @@ def get_config(arg=None):
   c.eval = dict(mode="train_context", batch_size=SET_SIZE, context_size=SET_SIZE)
   c.model = common.ipn(arg.attention, width=100, depth=2, qk_dim=100, d_mlp=100)
   c.optimizer = common.adam(lr=1e-4, weight_decay=1e-4)
-  c.train = dict(steps=arg.steps, log_every=min(100, arg.steps),
-                 eval_every=min(1000, arg.steps), checkpoint_every=min(1000, arg.steps),
-                 keep_checkpoints=2)
+  steps = ml_collections.FieldReference(arg.steps)  # derived settings follow an override
+  c.train = dict(steps=steps, log_every=derived(lambda s: min(100, s), steps),
+                 eval_every=derived(lambda s: min(1000, s), steps),
+                 checkpoint_every=derived(lambda s: min(1000, s), steps), keep_checkpoints=2)
   c.wandb = dict(mode="disabled", project="metricattn")
   return c

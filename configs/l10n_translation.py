@@ -41,8 +41,15 @@ Fields (every one is read by the trainer, the data, the task or the model):
   model.*                                  (metricattn/models/transformer.py; see
                                            configs/multi30k_transformer.py)
   optimizer.*                              (metricattn/optim.py)
+    (derived, schedule=paper: .plateau.start_step = 100 epochs at data.batch_size, + 1)
   train.steps, .log_every, .eval_every, .checkpoint_every, .keep_checkpoints
+    (derived: .steps = `epochs` epochs of the training split at data.batch_size)
+    (derived: .eval_every, .checkpoint_every = train.steps // `evals`, at least 1)
   wandb.mode, wandb.project
+
+A derived field follows an override of the fields it derives from (`--config.train.steps=50`
+moves the evaluations with it; `--config.data.batch_size=64` the steps, the evaluations and
+the plateau's start) until it is set itself.
 """
 
 import os
@@ -50,7 +57,7 @@ from pathlib import Path
 
 import ml_collections
 
-from metricattn.config_utils import load_module, parse_arg, steps_from_epochs
+from metricattn.config_utils import derived, load_module, parse_arg, steps_from_epochs
 from metricattn.data import l10n
 from metricattn.errors import UserError
 
@@ -70,10 +77,14 @@ def get_config(arg=None):
   splits = l10n.corpus_splits(arg.locale_dir, arg.lang, MIN_WORDS, MAX_WORDS, VAL_PERMILLE,
                               TEST_PERMILLE, arg.batch)
   num_train = len(splits["train"][0])
-  per_epoch = steps_from_epochs(1.0, num_train, arg.batch)
+  epochs = arg.epochs or common.DEFAULT_EPOCHS[arg.schedule]
+  steps_from_epochs(epochs, num_train, arg.batch)  # bad arguments fail here
+  # Settings derived from others follow an override of their source (see the docstring).
+  batch = ml_collections.FieldReference(arg.batch)
+  per_epoch = derived(lambda b: steps_from_epochs(1.0, num_train, b), batch)  # not a key
   optimizer = common.translation_optimizer(arg.schedule, per_epoch)
-  steps = steps_from_epochs(arg.epochs or common.DEFAULT_EPOCHS[arg.schedule], num_train,
-                            arg.batch)
+  steps = derived(lambda b: steps_from_epochs(epochs, num_train, b), batch)
+  evals = max(1, arg.evals)
   small = arg.model == "small"
   max_len = 48 if small else 256
   c = ml_collections.ConfigDict()
@@ -83,14 +94,15 @@ def get_config(arg=None):
                 min_words=MIN_WORDS, max_words=MAX_WORDS, val_permille=VAL_PERMILLE,
                 test_permille=TEST_PERMILLE, corpus=corpus, tokenizer="sentencepiece",
                 vocab_size=2000 if small else 8000, min_freq=2, shared_vocab=True,
-                max_len=max_len, tokenizer_dir="", batch_size=arg.batch)
+                max_len=max_len, tokenizer_dir="", batch_size=batch)
   c.eval = dict(batch_size=128, beam_size=1, length_penalty=0.6, max_decode_len=0)
   c.model = (common.transformer(arg.attention, num_layers=2, num_heads=4, d_model=128,
                                 qk_dim=128, d_mlp=64, d_ff=256, dropout=0.0, max_len=max_len)
              if small else common.transformer(arg.attention))
   c.optimizer = optimizer
-  every = max(1, steps // max(1, arg.evals))
-  c.train = dict(steps=steps, log_every=50, eval_every=every, checkpoint_every=every,
+  c.train = dict(steps=steps, log_every=50,
+                 eval_every=derived(lambda s: max(1, s // evals), steps),
+                 checkpoint_every=derived(lambda s: max(1, s // evals), steps),
                  keep_checkpoints=2)
   c.wandb = dict(mode="disabled", project="metricattn")
   return c

@@ -53,8 +53,16 @@ Fields (every one is read by the trainer, the data or the model):
                                            (metricattn/models/transformer_encoder.py)
   optimizer.name, .lr, .weight_decay, .b1, .b2, .eps, .grad_clip, .schedule, .warmup_steps
                                            (metricattn/optim.py)
+    (derived: .lr = 0.05 / sqrt of optimizer.warmup_steps, LRA's peak)
+    (derived, size=cpu only: .warmup_steps = train.steps // 5, at least 1)
   train.steps, .log_every, .eval_every, .checkpoint_every, .keep_checkpoints
+    (derived: .log_every = 50, at most train.steps)
+    (derived: .eval_every, .checkpoint_every = 500, at most train.steps)
   wandb.mode, wandb.project (read when wandb.mode is online or offline)
+
+A derived field follows an override of the fields it derives from (`--config.train.steps=50`
+moves the intervals, and with size=cpu the warm-up and the peak lr, with it) until it is
+set itself.
 """
 
 import math
@@ -62,7 +70,7 @@ from pathlib import Path
 
 import ml_collections
 
-from metricattn.config_utils import load_module, parse_arg
+from metricattn.config_utils import derived, load_module, parse_arg
 from metricattn.errors import UserError
 
 common = load_module(Path(__file__).with_name("common.py"))
@@ -87,10 +95,13 @@ def get_config(arg=None):
   if arg.size not in SIZES:
     raise UserError(f"unknown size {arg.size!r} for ListOps; allowed: {', '.join(SIZES)}")
   size = SIZES[arg.size]
-  steps = arg.steps or size["steps"]
-  if steps < 1:
-    raise UserError(f"steps must be positive; got {steps}")
-  warmup = size["warmup"] or max(1, steps // 5)
+  if (arg.steps or size["steps"]) < 1:
+    raise UserError(f"steps must be positive; got {arg.steps or size['steps']}")
+  # Settings derived from others follow an override of their source (see the docstring).
+  steps = ml_collections.FieldReference(arg.steps or size["steps"])
+  warmup = (ml_collections.FieldReference(size["warmup"]) if size["warmup"]
+            else derived(lambda s: max(1, s // 5), steps))
+  every = size["eval_every"]
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.task = "classification"
@@ -101,11 +112,14 @@ def get_config(arg=None):
                  **size["model"], dropout=0.1, dropout_rng="threefry", dtype="float32",
                  scale=ml_collections.FieldReference(None, field_type=float), norm="pre",
                  ln_eps=1e-6, positions="sinusoidal", scale_embeddings=False, pool="cls")
-  c.optimizer = dict(name="adamw", lr=LRA_LR / math.sqrt(warmup), weight_decay=0.1, b1=0.9,
-                     b2=0.98, eps=1e-9, grad_clip=0.0, schedule="warmup_rsqrt",
-                     warmup_steps=warmup)
-  every = min(size["eval_every"], steps)
-  c.train = dict(steps=steps, log_every=min(50, steps), eval_every=every,
-                 checkpoint_every=every, keep_checkpoints=2)
+  c.optimizer = dict(name="adamw",
+                     lr=derived(lambda w: LRA_LR / math.sqrt(max(1, w)), warmup,
+                                field_type=float),
+                     weight_decay=0.1, b1=0.9, b2=0.98, eps=1e-9, grad_clip=0.0,
+                     schedule="warmup_rsqrt", warmup_steps=warmup)
+  c.train = dict(steps=steps, log_every=derived(lambda s: min(50, s), steps),
+                 eval_every=derived(lambda s: min(every, s), steps),
+                 checkpoint_every=derived(lambda s: min(every, s), steps),
+                 keep_checkpoints=2)
   c.wandb = dict(mode="disabled", project="metricattn")
   return c

@@ -24,8 +24,8 @@ Config arguments (after `:`):
   epochs     training length; 0 = the schedule's (1000 paper, 40 fast). Turned into
              train.steps by `metricattn.config_utils.steps_from_epochs` with the 29,000
              training pairs                                             (default 0)
-  batch      training sentence pairs per step (data.batch_size); set it here rather than
-             with --config.data.batch_size so that epochs follow        (default 128)
+  batch      training sentence pairs per step (data.batch_size; train.steps and the
+             epoch-based settings follow an override of data.batch_size too) (default 128)
   tokenizer  sentencepiece (8,000 pieces, one vocabulary for both languages) | word (the
              reference's: words with count >= 2, one vocabulary per language)
                                                                         (default sentencepiece)
@@ -80,15 +80,23 @@ Fields (every one is read by the trainer, the data, the task or the model):
   .label_smoothing                         (metricattn/tasks.py)
   optimizer.name, .lr, .weight_decay, .b1, .b2, .eps, .grad_clip, .schedule, .warmup_steps,
   .plateau.factor (0 = off), .patience, .start_step, .split, .metric   (metricattn/optim.py)
+    (derived, schedule=paper: .plateau.start_step = 100 epochs at data.batch_size, + 1)
   train.steps, .log_every, .eval_every, .checkpoint_every, .keep_checkpoints
+    (derived: .steps = `epochs` epochs of the 29,000 training pairs at data.batch_size)
+    (derived: .eval_every = one epoch, at most train.steps)
+    (derived: .checkpoint_every = 10 epochs, at most train.steps)
   wandb.mode, wandb.project
+
+A derived field follows an override of the fields it derives from (`--config.train.steps=50`
+moves the intervals with it; `--config.data.batch_size=64` the steps, the intervals and the
+plateau's start) until it is set itself.
 """
 
 from pathlib import Path
 
 import ml_collections
 
-from metricattn.config_utils import load_module, parse_arg, steps_from_epochs
+from metricattn.config_utils import derived, load_module, parse_arg, steps_from_epochs
 from metricattn.data.translation import MULTI30K_SIZES
 
 common = load_module(Path(__file__).with_name("common.py"))
@@ -97,10 +105,13 @@ def get_config(arg=None):
   arg = parse_arg(arg, attention="metric", schedule="paper", epochs=0.0, batch=128,
                   tokenizer="sentencepiece")
   num_train = MULTI30K_SIZES["train"]
-  per_epoch = steps_from_epochs(1.0, num_train, arg.batch)
-  optimizer = common.translation_optimizer(arg.schedule, per_epoch)
   epochs = arg.epochs or common.DEFAULT_EPOCHS[arg.schedule]
-  steps = steps_from_epochs(epochs, num_train, arg.batch)
+  steps_from_epochs(epochs, num_train, arg.batch)  # bad arguments fail here
+  # Settings derived from others follow an override of their source (see the docstring).
+  batch = ml_collections.FieldReference(arg.batch)
+  per_epoch = derived(lambda b: steps_from_epochs(1.0, num_train, b), batch)  # not a key
+  optimizer = common.translation_optimizer(arg.schedule, per_epoch)
+  steps = derived(lambda b: steps_from_epochs(epochs, num_train, b), batch)
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.task = "translation"
@@ -108,11 +119,12 @@ def get_config(arg=None):
                 url="https://raw.githubusercontent.com/multi30k/dataset/master/data/task1/raw/",
                 src_lang="en", tgt_lang="de", tokenizer=arg.tokenizer, vocab_size=8000,
                 min_freq=2, shared_vocab=arg.tokenizer == "sentencepiece", max_len=256,
-                tokenizer_dir="", batch_size=arg.batch)
+                tokenizer_dir="", batch_size=batch)
   c.eval = dict(batch_size=128, beam_size=1, length_penalty=0.6, max_decode_len=0)
   c.model = common.transformer(arg.attention)  # the paper's
   c.optimizer = optimizer
-  c.train = dict(steps=steps, log_every=50, eval_every=min(per_epoch, steps),
-                 checkpoint_every=min(10 * per_epoch, steps), keep_checkpoints=2)
+  c.train = dict(steps=steps, log_every=50, eval_every=derived(min, per_epoch, steps),
+                 checkpoint_every=derived(lambda p, s: min(10 * p, s), per_epoch, steps),
+                 keep_checkpoints=2)
   c.wandb = dict(mode="disabled", project="metricattn")
   return c

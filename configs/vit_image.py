@@ -15,8 +15,8 @@ Config arguments (after `:`):
              images, Mu/4 for CIFAR-10's 32x32, Mu/2 for the 8x8 digits (default "")
   epochs     training length; turned into train.steps by
              `metricattn.config_utils.steps_from_epochs`                 (default 1.0)
-  batch      training batch size (data.batch_size); set it here rather than with
-             --config.data.batch_size so that train.steps follows       (default 32)
+  batch      training batch size (data.batch_size; train.steps follows an override of
+             data.batch_size too)                                       (default 32)
 
 Everything else is the same for the three kinds (width, depth, heads, optimizer, schedule,
 data); only the attention's similarity differs. Choices:
@@ -42,8 +42,15 @@ Fields (every one is read by the trainer, the data or the model):
   model.pool, model.dropout                (metricattn/models/vit.py)
   optimizer.name, .lr, .weight_decay, .b1, .b2, .eps, .grad_clip, .schedule,
   .warmup_steps                            (metricattn/optim.py)
+    (derived: .warmup_steps = train.steps // 10, at least 1)
   train.steps, .log_every, .eval_every, .checkpoint_every, .keep_checkpoints
+    (derived: .steps = `epochs` epochs at data.batch_size of the images less data.val_size)
+    (derived: .log_every = 50, at most train.steps)
+    (derived: .eval_every, .checkpoint_every = one epoch as for .steps, at most train.steps)
   wandb.mode, wandb.project (read when wandb.mode is online or offline)
+
+A derived field follows an override of the fields it derives from (`--config.train.steps=50`
+moves the warm-up and the intervals with it) until it is set itself.
 
 Runs made: `python -m metricattn.experiment vit_fashion_mnist --budget quick` runs this
 config at its defaults (ViT-Mu/7, one epoch, batch 32; evaluating every 286 steps) for
@@ -56,7 +63,7 @@ from pathlib import Path
 
 import ml_collections
 
-from metricattn.config_utils import load_module, parse_arg, steps_from_epochs
+from metricattn.config_utils import derived, load_module, parse_arg, steps_from_epochs
 from metricattn.data.images import image_source, image_spec
 
 common = load_module(Path(__file__).with_name("common.py"))
@@ -69,14 +76,21 @@ def get_config(arg=None):
                   epochs=1.0, batch=32)
   source = image_source(arg.dataset, arg.source)
   val_size = 0 if arg.dataset == "digits" else VAL_SIZE
-  num_train = image_spec(arg.dataset, source).num_train - val_size
-  per_epoch = steps_from_epochs(1.0, num_train, arg.batch)
-  steps = steps_from_epochs(arg.epochs, num_train, arg.batch)
+  images = image_spec(arg.dataset, source).num_train  # before the val split
+  epochs = arg.epochs
+  steps_from_epochs(epochs, images - val_size, arg.batch)  # bad arguments fail here
+  # Settings derived from others follow an override of their source (see the docstring).
+  batch, val = ml_collections.FieldReference(arg.batch), ml_collections.FieldReference(val_size)
+  steps = derived(lambda b, v: steps_from_epochs(epochs, images - v, b), batch, val)
+
+  def epoch_or_run(s, b, v):  # one epoch, at most the run
+    return min(steps_from_epochs(1.0, images - v, b), s)
+
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.task = "classification"
   c.data = dict(name=arg.dataset, source=source, data_dir="", download=False,
-                val_size=val_size, batch_size=arg.batch, augment=arg.dataset == "cifar10",
+                val_size=val, batch_size=batch, augment=arg.dataset == "cifar10",
                 crop_padding=4)
   c.eval = dict(mode="plain", batch_size=500)
   variant = arg.variant or DEFAULT_VARIANTS.get(arg.dataset, "Mu/7")
@@ -84,8 +98,10 @@ def get_config(arg=None):
                  pool="mean", dropout=0.0,
                  scale=ml_collections.FieldReference(None, field_type=float))
   c.optimizer = dict(name="adamw", lr=3e-3, weight_decay=0.05, b1=0.9, b2=0.999, eps=1e-8,
-                     grad_clip=1.0, schedule="warmup_cosine", warmup_steps=max(1, steps // 10))
-  c.train = dict(steps=steps, log_every=min(50, steps), eval_every=min(per_epoch, steps),
-                 checkpoint_every=min(per_epoch, steps), keep_checkpoints=2)
+                     grad_clip=1.0, schedule="warmup_cosine",
+                     warmup_steps=derived(lambda s: max(1, s // 10), steps))
+  c.train = dict(steps=steps, log_every=derived(lambda s: min(50, s), steps),
+                 eval_every=derived(epoch_or_run, steps, batch, val),
+                 checkpoint_every=derived(epoch_or_run, steps, batch, val), keep_checkpoints=2)
   c.wandb = dict(mode="disabled", project="metricattn")
   return c

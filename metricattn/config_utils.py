@@ -84,6 +84,26 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(out)
 
 
+def derived(fn, *sources: ml_collections.FieldReference,
+            field_type: type | None = None) -> ml_collections.FieldReference:
+  """A config value computed from other config values: `fn(*values of sources)`, evaluated
+  when read, so that it follows an override of a source (`--config.train.steps=50`,
+  `set_override`). Each source is the FieldReference that a config key holds (e.g.
+  `c.train.steps = steps = ml_collections.FieldReference(400)`) or another derived value.
+  Setting the derived key itself replaces the rule by the value set (ml_collections'
+  `FieldReference.set`), so an explicit override of it wins over its sources.
+
+  Each call makes a new reference: give every derived key its own call, never one reference
+  to two keys (setting one would set the other). The value has the type of the first
+  source unless `field_type` says otherwise (the result is then converted to it).
+  """
+  first, *rest = sources
+  ref = first._apply_op(fn, *rest)
+  if field_type is not None and field_type is not first.get_type():
+    ref = ref._apply_cast_op(field_type)
+  return ref
+
+
 def steps_from_epochs(epochs: float, num_examples: int, batch_size: int) -> int:
   """Training steps for `epochs` passes over `num_examples` at `batch_size` (big_vision's
   `utils.steps`): the one place where a config turns epochs into `train.steps`.
