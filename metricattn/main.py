@@ -43,6 +43,9 @@ _NUM_PROCESSES = flags.DEFINE_integer(
     "process even inside a multi-task SLURM or MPI job (no jax.distributed).")
 _PROCESS_ID = flags.DEFINE_integer(
     "process_id", None, "Multi-process training: this process's index, 0..num_processes-1.")
+_INIT_TIMEOUT = flags.DEFINE_integer(
+    "init_timeout", 120, "Multi-process training: seconds every process waits for all "
+    "--num_processes of them to join; then it stops with one line saying so.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -85,7 +88,11 @@ def main(argv) -> None:
   enable_compilation_cache()
   set_cpu_devices(_CPU_DEVICES.value)
   from metricattn import multihost
-  run(multihost.initialize, _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  try:
+    multihost.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
+                         _INIT_TIMEOUT.value)
+  except UserError as e:  # at once: JAX's exit handler would report a failed join at length
+    multihost.exit_now(2, f"error: {e}")
   import jax
   if jax.process_count() == 1:
     train()
@@ -101,17 +108,15 @@ def main(argv) -> None:
     text = " ".join(str(e).split())[:300]
     if not any(w in text for w in ("Gloo", "NCCL", "peer", "heartbeat", "coordination")):
       traceback.print_exc()
-    print(f"error: {name} stopped: {type(e).__name__}: {text}; when another process "
-          "failed first, its output says why; rerun all processes to resume from the last "
-          "checkpoint", file=sys.stderr)
-    exit_now(1)
+    multihost.exit_now(1, f"error: {name} stopped: {type(e).__name__}: {text}; when another "
+                       "process failed first, its output says why; rerun all processes to "
+                       "resume from the last checkpoint")
 
 
 def exit_now(code: int) -> None:
   """Ends this process now, skipping JAX's shutdown barrier (it would wait for the others)."""
-  sys.stdout.flush()
-  sys.stderr.flush()
-  os._exit(code)
+  from metricattn import multihost
+  multihost.exit_now(code)
 
 
 def train() -> None:

@@ -10,16 +10,28 @@ built from what each process holds (`put`), device values are gathered for the h
 (`to_host`), process 0 alone writes the run's files (`primary`) while the others wait
 (`barrier`), and a value of one process is shared by all (`from_primary`,
 `max_over_processes`). With one process each is the plain single-process operation.
+
+Failures are one line each, in bounded time: processes that do not all join within
+`init_timeout` seconds, a second process 0 on the coordinator's port, and, once running, a
+process that dies or stops answering (JAX's coordination service notices within
+`HEARTBEAT_TIMEOUT`): every other process prints `error: process I of N stopped: ...` and
+exits with code 1 instead of JAX's abort and stack dump (`exit_now`).
 """
 
 from __future__ import annotations
 
 import itertools
+import os
+import sys
+import threading
+import time
 
 import numpy as np
 
 # Seconds without a heartbeat after which a process counts as dead and the others stop.
 HEARTBEAT_TIMEOUT = 30
+# Seconds every process waits for all of them to join (--init_timeout).
+INIT_TIMEOUT = 120
 
 
 def cluster_processes() -> int:
@@ -39,11 +51,15 @@ def cluster_processes() -> int:
 
 
 def initialize(coordinator_address: str | None, num_processes: int | None,
-               process_id: int | None) -> None:
+               process_id: int | None, init_timeout: int = INIT_TIMEOUT) -> None:
   """Starts jax.distributed when the arguments, or a detected cluster of more than one
-  process, ask for it; raises UserError for an incomplete or inconsistent set."""
+  process, ask for it; raises UserError for an incomplete or inconsistent set, a second
+  process 0 on the coordinator's port, or processes that do not all join within
+  `init_timeout` seconds. Once joined, a process that the coordination service reports dead
+  or lost ends this one with one line (`exit_now`)."""
   import logging
   import jax
+  from jax._src import distributed
   from metricattn.errors import UserError
   given = {"coordinator_address": coordinator_address, "num_processes": num_processes,
            "process_id": process_id}
@@ -59,16 +75,211 @@ def initialize(coordinator_address: str | None, num_processes: int | None,
   elif num_processes < 1 or not 0 <= process_id < num_processes:
     raise UserError(f"--process_id must be in 0..{num_processes - 1} for --num_processes "
                     f"{num_processes}; got {process_id}")
+  if not init_timeout >= 1:
+    raise UserError(f"--init_timeout must be at least 1 (seconds); got {init_timeout}")
+  if process_id == 0 and coordinator_address:
+    _check_port_free(coordinator_address, num_processes)
   # On CPU, cross-process collectives go through gloo (a no-op on GPU and TPU).
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
   logging.getLogger("jax._src.distributed").setLevel(logging.WARNING)  # its INFO lines
+  start = time.monotonic()
   try:
-    jax.distributed.initialize(coordinator_address, num_processes, process_id,
-                               heartbeat_timeout_seconds=HEARTBEAT_TIMEOUT)
-  except Exception as e:  # e.g. no coordinator within the initialization timeout
-    text = " ".join(str(e).split())[:300]
-    raise UserError(f"could not start multi-process training (coordinator "
-                    f"{coordinator_address or 'from the cluster'}): {text}") from None
+    with _error_callback():
+      jax.distributed.initialize(coordinator_address, num_processes, process_id,
+                                 initialization_timeout=int(init_timeout),
+                                 heartbeat_timeout_seconds=HEARTBEAT_TIMEOUT)
+  except Exception as e:  # e.g. not everyone joined within the initialization timeout
+    state = distributed.global_state
+    me, n = state.process_id, state.num_processes or num_processes
+    address = state.coordinator_address or coordinator_address
+    # Held, not shut down: JAX's exit handler would report the failed client at length.
+    _failed.append((state.client, state.service))
+    state.client = state.service = None
+    raise UserError(_join_failure(e, time.monotonic() - start, init_timeout, address, me, n)
+                    ) from None
+  _joined.update(address=distributed.global_state.coordinator_address,
+                 process=jax.process_index(), processes=jax.process_count())
+  _stop_on_uncaught_callback_error()
+
+
+def _join_failure(error: Exception, elapsed: float, init_timeout: int, address: str | None,
+                  me: int | None, n: int | None) -> str:
+  """The one line for a failed jax.distributed.initialize."""
+  who = f"process {me} of {n}" if me is not None and n else "this process"
+  if elapsed >= init_timeout - 1:  # JAX says DEADLINE_EXCEEDED, or nothing (see below)
+    if me not in (None, 0) and address and not _reachable(address):
+      return (f"{who}: could not reach process 0 at --coordinator_address={address} within "
+              f"{init_timeout} s; start process 0 there (the same --coordinator_address on "
+              f"every process), or raise --init_timeout")
+    return (f"{who}: not all {n} processes joined within {init_timeout} s; start the others "
+            f"with the same --coordinator_address, or check --num_processes/--process_id "
+            f"(each process its own id in 0..{(n or 1) - 1}), or raise --init_timeout")
+  text = " ".join(str(error).split())[:300]
+  if text == "std::bad_cast":  # JAX's error, lost on its way to our callback (see below)
+    text = "JAX's coordination service reported an error while the processes joined"
+  return (f"could not start multi-process training (coordinator "
+          f"{address or 'from the cluster'}): {text}")
+
+
+def _check_port_free(coordinator_address: str, num_processes: int) -> None:
+  """Process 0 starts the coordination service on the port of `coordinator_address`: when
+  something listens there already, it is most likely a second process 0 (gRPC shares the
+  port with it, and each would wait for the others alone)."""
+  import socket
+  from metricattn.errors import UserError
+  if os.environ.get("JAX_COORDINATOR_BIND_ADDRESS"):
+    return  # bound elsewhere: not ours to probe
+  try:
+    port = int(coordinator_address.rsplit(":", 1)[1])
+  except (IndexError, ValueError):
+    return  # JAX's own error says what is wrong with the address
+  for family, host in ((socket.AF_INET6, "::"), (socket.AF_INET, "0.0.0.0")):
+    try:
+      s = socket.socket(family, socket.SOCK_STREAM)
+    except OSError:
+      continue  # no IPv6 here
+    with s:
+      s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a closed run's TIME_WAITs
+      try:
+        s.bind((host, port))
+      except OSError as e:
+        if e.errno == 98 or "in use" in str(e).lower():
+          raise UserError(
+              f"process 0 of {num_processes}: port {port} of --coordinator_address="
+              f"{coordinator_address} is already in use: two processes were started with "
+              f"--process_id=0 (give each process its own id in 0..{num_processes - 1}), or "
+              f"another program holds the port (choose a free one)") from None
+        continue
+      return
+
+
+def _reachable(address: str) -> bool:
+  """Whether something accepts TCP connections at HOST:PORT (the coordination service)."""
+  import socket
+  try:
+    host, port = address.rsplit(":", 1)
+    with socket.create_connection((host.strip("[]"), int(port)), timeout=2):
+      return True
+  except (OSError, ValueError):
+    return False
+
+
+# Once joined, JAX's coordination client calls its "missed heartbeat" callback when the
+# service reports an error (a process stopped sending heartbeats, or one connected a second
+# time) or cannot be reached (process 0, which runs it, is gone). JAX's own callback aborts
+# the process with a stack dump. jax.distributed.initialize takes no callback, so
+# `_error_callback` passes ours to the client it makes. In this jaxlib (0.10) the call of a
+# Python callback fails before it starts (the status has no Python type: std::bad_cast,
+# thrown on JAX's polling thread, so std::terminate); `_stop_on_uncaught_callback_error`
+# installs a C++ terminate handler that turns exactly that into the same one line.
+_joined: dict = {}
+_failed: list = []  # a failed join's client and service, kept from their destructors
+_handlers: list = []  # the ctypes terminate handler, alive for the process's lifetime
+_exiting = threading.Lock()
+
+
+def _error_callback():
+  """A context in which jax.distributed.initialize makes its client with our callback."""
+  import contextlib
+  from jax._src import distributed
+
+  @contextlib.contextmanager
+  def patched():
+    lib = distributed._jax
+    make = lib.get_distributed_runtime_client
+    if "missed_heartbeat_callback" not in (make.__doc__ or ""):
+      yield  # a JAX without it: its own callback (an abort) stays
+      return
+
+    class Lib:  # jaxlib's module, with the client made with our callback
+      def __getattr__(self, name):
+        return getattr(lib, name)
+
+      def get_distributed_runtime_client(self, *args, **kwargs):
+        return make(*args, missed_heartbeat_callback=_on_coordination_error, **kwargs)
+
+    distributed._jax = Lib()
+    try:
+      yield
+    finally:
+      distributed._jax = lib
+  return patched()
+
+
+def _on_coordination_error(status=None) -> None:
+  """The coordination service reported an error: before the processes joined, the join
+  fails with it (initialize's message); after, this process stops with one line."""
+  if not _joined:
+    return
+  exit_now(1, coordination_error_line(status))
+
+
+def coordination_error_line(status=None) -> str:
+  """`error: process I of N stopped: ...` for an error of the coordination service."""
+  me, n, address = _joined["process"], _joined["processes"], _joined["address"]
+  text = " ".join(str(status).split())[:300] if status is not None else ""
+  if me != 0 and address and not _reachable(address):
+    why = (f"lost process 0 of {n}, which runs JAX's coordination service at {address} (it "
+           f"stopped or cannot be reached)")
+  else:
+    other = "process 1 of 2" if (me, n) == (0, 2) else "another process"
+    why = (f"JAX's coordination service reports that {other} stopped or was lost (no "
+           f"heartbeat for {HEARTBEAT_TIMEOUT} s), or that a second process joined with the "
+           f"same --process_id")
+  if text:
+    why += f" ({text})"
+  return (f"error: process {me} of {n} stopped: {why}; when another process failed first, "
+          f"its output says why; rerun all processes to resume from the last checkpoint")
+
+
+def _stop_on_uncaught_callback_error() -> None:
+  """Installs the C++ terminate handler that stops this process with one line when our
+  callback's call failed (std::bad_cast); any other uncaught C++ exception goes on to the
+  handler that was there before (libstdc++'s prints it and aborts)."""
+  import ctypes
+  import ctypes.util
+  if _handlers:
+    return
+  try:
+    lib = ctypes.CDLL(ctypes.util.find_library("stdc++") or "libstdc++.so.6")
+    set_terminate = lib._ZSt13set_terminatePFvvE  # std::set_terminate(void (*)())
+    exception_type = lib.__cxa_current_exception_type
+  except (OSError, AttributeError):
+    return  # not libstdc++: JAX's abort stays
+  handler_type = ctypes.CFUNCTYPE(None)
+  set_terminate.restype, set_terminate.argtypes = ctypes.c_void_p, [handler_type]
+  exception_type.restype = ctypes.c_void_p
+  previous: list = []
+
+  def on_terminate():
+    try:
+      info = exception_type()  # std::type_info*: its vtable, then its mangled name
+      name = ctypes.c_char_p.from_address(info + ctypes.sizeof(ctypes.c_void_p)).value \
+          if info else None
+      if name in (b"St8bad_cast", b"N8nanobind10cast_errorE"):
+        exit_now(1, coordination_error_line())
+    finally:
+      if previous and previous[0]:
+        handler_type(previous[0])()
+      os.abort()
+
+  handler = handler_type(on_terminate)
+  _handlers.append(handler)
+  previous.append(set_terminate(handler))
+
+
+def exit_now(code: int, line: str | None = None) -> None:
+  """Prints `line` on stderr and ends this process with `code` at once, skipping JAX's
+  shutdown barrier (it would wait for the others, and it reports a failed client at
+  length). The first caller wins: a second one (another thread) waits for the exit."""
+  if not _exiting.acquire(blocking=False):
+    while True:
+      time.sleep(60)
+  if line is not None:
+    print(line, file=sys.stderr)
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os._exit(code)
 
 
 def primary() -> bool:

@@ -2,7 +2,9 @@
 collectives) match one process with the same global batch (Moon IPN with device-resident
 data, a tiny ViT with host batches, vmapped seeds split over the processes); killing one ends
 the other with a clear line and restarting both resumes to the uninterrupted result; SIGTERM
-to one stops both with a checkpoint. Each test starts 2 or 3 pairs of processes."""
+to one stops both with a checkpoint. Each test starts 2 or 3 pairs of processes. Failures are
+one line in bounded time: a missing peer (--init_timeout), a second process 0, a killed
+process 1 (JAX's coordination service notices; process 0 stops instead of aborting)."""
 
 import json
 import os
@@ -10,11 +12,13 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
+import time
 
 import pytest
 
 from metricattn.errors import UserError
-from metricattn.multihost import cluster_processes, initialize
+from metricattn.multihost import HEARTBEAT_TIMEOUT, cluster_processes, initialize
 from metricattn.train import train_and_evaluate, train_seeds
 from metricattn.fileio import read_jsonl
 from tests.helpers import ROOT, load_config
@@ -28,14 +32,15 @@ VIT = ("configs/vit_image.py", "dataset=digits,attention=metric,variant=Mu/4",
 KILL_AT = 12  # process 0 dies after logging this step; the last checkpoint is step 8
 
 # A process that sends itself `signal` once it has logged training step `step` (every
-# process calls its writer; only process 0's writes).
+# process calls its writer; only process 0's writes); it prints the time first.
 SIGNALLER = """
-import os, signal, sys
+import os, signal, sys, time
 from metricattn import writers
 write = writers.MetricWriter.write
 def write_then_signal(self, step, split, metrics):
   write(self, step, split, metrics)
   if step == {step} and split == "train":
+    print(f"signalled at {{time.time()}}", file=sys.stderr, flush=True)
     os.kill(os.getpid(), signal.{signal})
 writers.MetricWriter.write = write_then_signal
 sys.argv = ["main"] + sys.argv[1:]
@@ -57,28 +62,52 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
-def two_processes(args: list[str], signaller: tuple[int, str, int] | None = None
-                  ) -> list[tuple[int, str, str]]:
+def two_processes(args: list[str], signaller: tuple[int, str, int] | None = None,
+                  ended: list[float] | None = None) -> list[tuple[int, str, str]]:
   """Runs `metricattn.main ARGS` as processes 0 and 1 of one run; (code, stdout, stderr) of
-  each. `signaller` (process, signal name, step): that process signals itself after step."""
-  common = [*args, f"--coordinator_address=localhost:{free_port()}", "--num_processes=2"]
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one CPU device each
+  each. `signaller` (process, signal name, step): that process signals itself after step.
+  `ended`, when given, receives the time (time.time()) each process ended."""
+  port = free_port()
 
   def command(i):
     if signaller and signaller[0] == i:
       return ["-c", SIGNALLER.format(signal=signaller[1], step=signaller[2])]
     return ["-m", "metricattn.main"]
 
-  procs = [subprocess.Popen([sys.executable, *command(i), *common, f"--process_id={i}"],
-                            cwd=ROOT, env=env, text=True, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
-           for i in range(2)]
-  try:
-    outs = [p.communicate(timeout=180) for p in procs]
-  finally:
-    for p in procs:
-      if p.poll() is None:
-        p.kill()
+  procs = [start_process(args, port, i, 2, command(i)) for i in range(2)]
+  return finish(procs, ended)
+
+
+def start_process(args: list[str], port: int, i: int, n: int = 2,
+                  command=("-m", "metricattn.main")) -> subprocess.Popen:
+  """Process `i` of `n` of a run `metricattn.main ARGS` coordinated at localhost:PORT."""
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one CPU device each
+  return subprocess.Popen([sys.executable, *command, *args,
+                           f"--coordinator_address=localhost:{port}", f"--num_processes={n}",
+                           f"--process_id={i}"], cwd=ROOT, env=env, text=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def finish(procs: list[subprocess.Popen], ended: list[float] | None = None,
+           timeout: float = 180) -> list[tuple[int, str, str]]:
+  """(code, stdout, stderr) of each process once all have ended; `ended` receives when."""
+  outs, times = [None] * len(procs), [None] * len(procs)
+
+  def wait(i):
+    try:
+      outs[i] = procs[i].communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+      procs[i].kill()
+      outs[i] = procs[i].communicate()
+    times[i] = time.time()
+
+  threads = [threading.Thread(target=wait, args=(i,)) for i in range(len(procs))]
+  for t in threads:
+    t.start()
+  for t in threads:
+    t.join()
+  if ended is not None:
+    ended[:] = times
   return [(p.returncode, *out) for p, out in zip(procs, outs)]
 
 
@@ -117,9 +146,9 @@ def test_moons_two_processes_match_one_and_resume_after_kill(tmp_path):
   (code0, _, _), (code1, _, err1) = two_processes([*flags(MOONS), f"--workdir={cut}"],
                                                   signaller=(0, "SIGKILL", KILL_AT))
   assert code0 == -signal.SIGKILL
-  assert code1 != 0  # process 1 stopped by itself instead of waiting for process 0
-  assert ("error: process 1 of 2 stopped" in err1
-          or "JAX distributed service detected fatal errors" in err1), err1
+  assert code1 == 1, err1  # process 1 stopped by itself instead of waiting for process 0
+  assert "error: process 1 of 2 stopped" in err1, err1
+  assert "Fatal Python error" not in err1, err1
   assert not (cut / "summary.json").exists()
   resumed = two_processes([*flags(MOONS), f"--workdir={cut}"])
   for code, _, err in resumed:
@@ -166,6 +195,68 @@ def test_vmapped_seeds_split_over_processes_and_sigterm_to_one(tmp_path):
 def test_incomplete_or_bad_process_flags(args, message):
   with pytest.raises(UserError, match=message):
     initialize(*args)
+
+
+def error_lines(err: str) -> list[str]:
+  return [line for line in err.splitlines() if line.startswith("error:")]
+
+
+TINY = [*flags(MOONS), "--config.train.steps=200"]
+
+
+def test_a_missing_peer_is_one_line_within_the_init_timeout(tmp_path):
+  """Process 0 alone, and process 1 alone (no process 0 to reach): one line each after
+  --init_timeout, exit code 2."""
+  procs = [start_process([*TINY, f"--workdir={tmp_path / str(i)}", "--init_timeout=3"],
+                         free_port(), i) for i in (0, 1)]
+  (code0, _, err0), (code1, _, err1) = finish(procs, timeout=90)
+  assert code0 == 2 and error_lines(err0) == [
+      "error: process 0 of 2: not all 2 processes joined within 3 s; start the others with "
+      "the same --coordinator_address, or check --num_processes/--process_id (each process "
+      "its own id in 0..1), or raise --init_timeout"], err0
+  assert code1 == 2 and len(error_lines(err1)) == 1, err1
+  assert "error: process 1 of 2: could not reach process 0 at --coordinator_address=" in err1
+  for err in (err0, err1):
+    assert "Fatal" not in err and "Traceback" not in err, err
+
+
+def test_a_second_process_0_is_named(tmp_path):
+  """A second process started with --process_id=0 finds the coordinator's port taken."""
+  port = free_port()
+  first = start_process([*TINY, f"--workdir={tmp_path / 'a'}", "--init_timeout=60"], port, 0)
+  try:
+    deadline = time.time() + 60
+    while time.time() < deadline:  # until process 0 serves the port
+      try:
+        socket.create_connection(("localhost", port), timeout=1).close()
+        break
+      except OSError:
+        assert first.poll() is None, first.communicate()
+        time.sleep(0.5)
+    [(code, _, err)] = finish([start_process([*TINY, f"--workdir={tmp_path / 'b'}"], port, 0)],
+                              timeout=60)
+  finally:
+    first.kill()
+    first.communicate()
+  assert code == 2 and error_lines(err) == [
+      f"error: process 0 of 2: port {port} of --coordinator_address=localhost:{port} is "
+      f"already in use: two processes were started with --process_id=0 (give each process "
+      f"its own id in 0..1), or another program holds the port (choose a free one)"], err
+
+
+def test_a_killed_peer_stops_the_other_in_one_line(tmp_path):
+  """kill -9 of process 1 mid-run: process 0 prints one line and exits with code 1, no
+  abort and no stack dump, within JAX's heartbeat timeout and a margin."""
+  ended = []
+  (code0, _, err0), (code1, _, err1) = two_processes(
+      [*flags(MOONS), f"--workdir={tmp_path}"], signaller=(1, "SIGKILL", KILL_AT), ended=ended)
+  assert code1 == -signal.SIGKILL, err1
+  killed = float(err1.split("signalled at ")[1].split()[0])
+  assert code0 == 1, err0
+  lines = error_lines(err0)
+  assert len(lines) == 1 and lines[0].startswith("error: process 0 of 2 stopped: "), err0
+  assert "Fatal Python error" not in err0 and "Traceback" not in err0, err0
+  assert ended[0] - killed < HEARTBEAT_TIMEOUT + 20, (ended[0] - killed, err0)
 
 
 SLURM = dict(SLURM_JOB_ID="7", SLURM_STEP_NODELIST="node1", SLURM_PROCID="0", SLURM_LOCALID="0")
