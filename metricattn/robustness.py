@@ -68,7 +68,8 @@ def evaluate_run(workdir: Path, settings: Settings, force: bool = False) -> dict
     summary = workdir / "summary.json"
     step = json.loads(summary.read_text()).get("step") if summary.exists() else None
     if old.get("settings") == json.loads(json.dumps(wanted)) and old.get("step") == step:
-      return old  # same settings, same final checkpoint
+      return {**old, "workdir": str(workdir)}  # same settings and checkpoint; the root
+      # may have moved since (its runs are grouped by where they are now)
   config, data, graphdef, params, step = restore_run(workdir)
   result = {"workdir": str(workdir), "step": step, "seed": int(config.seed),
             "attention": attention_name(config.model), "settings": wanted,

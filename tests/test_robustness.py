@@ -46,6 +46,12 @@ def test_vmapped_runs_under_a_root(tmp_path):
   assert (tmp_path / "robustness.png").read_bytes()[:4] == b"\x89PNG"
   text = (tmp_path / "robustness.md").read_text()
   assert "| FGSM eps | attention=metric |" in text and "](robustness.png)" in text
+  moved = tmp_path / "moved"   # a root moved elsewhere reuses its runs' robustness.json
+  moved.mkdir()
+  (tmp_path / "attention=metric").rename(moved / "attention=metric")
+  assert robustness.main([f"--workdir={moved}", "--sigmas=0,0.3", "--eps=0,0.2",
+                          "--pgd-steps=3"]) == 0
+  assert (moved / "robustness.md").read_text() == text.replace(str(tmp_path), str(moved))
 
 
 def test_image_run_in_pixel_units(tmp_path):
