@@ -105,6 +105,15 @@ def test_missing_file_is_not_a_warning(tmp_path, capsys):
   assert capsys.readouterr().err == "" and list(tmp_path.iterdir()) == []
 
 
+def test_corrupt_file_that_cannot_be_moved_is_one_line(tmp_path, monkeypatch):
+  path = tmp_path / "a.npz"
+  path.write_bytes(b"not a zip")
+  monkeypatch.setattr(os, "rename", lambda *a: (_ for _ in ()).throw(PermissionError(13, "read-only")))
+  with pytest.raises(UserError, match="cannot be moved aside") as e:
+    cache.load_guarded(path, cache.load_npz)
+  assert "\n" not in str(e.value) and str(path) in str(e.value) and path.read_bytes() == b"not a zip"
+
+
 # ---------------------------------------------------------------- tokenizers
 
 EN, DE = sentence_pairs(80, seed=0)
@@ -215,9 +224,10 @@ def test_broken_xla_cache_entries_are_removed_at_start(tmp_path):
   zeroed.write_bytes(bytes(zeroed.stat().st_size))
   young = xla / "jit_being_written-0123-cache"
   young.write_bytes(b"")  # as a write in progress: too young to remove
-  old = time.time() - 60
+  now = time.time()
+  os.utime(young, (now + 600, now + 600))  # young however slowly the next process starts
   for p in (empty, zeroed):
-    os.utime(p, (old, old))
+    os.utime(p, (now - 60, now - 60))
   (xla / ".lockfile").write_bytes(b"")  # not an entry
   second = run()
   assert second.stdout == first.stdout

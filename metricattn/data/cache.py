@@ -31,6 +31,7 @@ from typing import Callable, Iterable, TypeVar
 
 import numpy as np
 
+from metricattn.errors import UserError
 from metricattn.fileio import write_atomic
 
 DATA_ENV = "METRICATTN_DATA"
@@ -142,7 +143,8 @@ def load_guarded(path: Path, load: Callable[[Path], T], remedy: str = "generatin
   differs, or `load` raises (e.g. BadZipFile, EOFError, a ValueError, a parse error). A bad
   file is moved aside (`move_aside`) with one warning line on stderr that names it, says
   what was wrong and ends with `remedy`; the caller then makes it again as if missing.
-  A file that cannot be read for want of permission is an error, not a bad file."""
+  A file that cannot be read for want of permission is an error, not a bad file; a bad file
+  that cannot be moved aside is a one-line UserError."""
   for _ in range(2):
     before = _identity(path)
     if before is None:
@@ -167,6 +169,9 @@ def load_guarded(path: Path, load: Callable[[Path], T], remedy: str = "generatin
       moved = move_aside(path)
     except FileNotFoundError:
       return None
+    except OSError as e:
+      raise UserError(f"{path}: corrupt cache file ({_reason(error)}), and it cannot be moved "
+                      f"aside ({_reason(e)}); move it away by hand") from None
     _warn_moved(path, f"corrupt cache file ({_reason(error)})", moved, remedy)
     return None
   return None
