@@ -7,7 +7,7 @@
 Steps: check the config and the data; record the definition in ROOT/experiment.json; run the
 grid (attention kinds x seeds, as `metricattn.sweep` would: `grid_runner.run_grid`; seeds
 vmapped in one program where the experiment says so); for image classifiers, the robustness
-evaluation (`robustness.run`); the experiment's own figure where it has one
+evaluation (`robustness_eval.run`); the experiment's own figure where it has one
 (`Experiment.figure`: ROOT/segmentation.png for mesh_seg); then ROOT/report.md with its
 figures (`report.write_report`). Every step skips finished work, so after an interrupt the
 same command finishes the experiment. `--results DIR` copies the
@@ -138,19 +138,19 @@ def draw_figure(figure: registry.Figure, root: Path) -> tuple[str, str, str]:
 
 
 def evaluate_robustness(exp: registry.Experiment, budget: str, root: Path) -> None:
-  """The robustness evaluation of every run under root (`robustness.run`), printed."""
-  from metricattn import robustness
+  """The robustness evaluation of every run under root (`robustness_eval.run`), printed."""
+  from metricattn import robustness_eval
   from metricattn.attacks import Settings
   enable_compilation_cache()
   try:
-    print(robustness.run(root, Settings(**exp.robustness_of(budget))))
+    print(robustness_eval.run(root, Settings(**exp.robustness_of(budget))))
   except UserError as e:
     raise UserError(f"the robustness evaluation of {root} failed: {e}") from None
 
 
 def run(name: str, budget: str, root: Path | None, jobs: int | None,
         results: Path | None, command: str, robust: bool = True) -> int:
-  from metricattn.report import write_report
+  from metricattn.comparison import write_report
   t0 = time.perf_counter()
   exp = registry.get(name)
   exp.budget(budget)

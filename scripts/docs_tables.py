@@ -19,7 +19,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from metricattn.report import fmt, fmt_p, mean_std, metric_digits, target_cell  # noqa: E402
+from metricattn.comparison import fmt_p, metric_digits, target_cell
+from metricattn.reporting import fmt, mean_std  # noqa: E402
 from metricattn.reporting import markdown_table  # noqa: E402
 
 BLOCK = re.compile(r"(<!-- table (\S+) -->\n)(.*?)(<!-- /table -->)", re.S)

@@ -7,7 +7,7 @@ import pytest
 
 from metricattn import plots, stats
 from metricattn.report import main as report_main
-from metricattn.report import write_report
+from metricattn.comparison import write_report
 
 STEPS = [0, 10, 20, 30]
 
@@ -191,7 +191,7 @@ def test_bleu_runs_and_target_from_experiment(tmp_path, capsys):
 
 
 def test_groups_sort_by_value_not_text():
-  from metricattn.report import group_order
+  from metricattn.comparison import group_order
   groups = ["optimizer.lr=1e-3/attention=l2", "optimizer.lr=3e-3/attention=l2",
             "optimizer.lr=3e-4/attention=l2", "optimizer.lr=3e-4/attention=metric"]
   assert sorted(groups, key=group_order) == [

@@ -5,12 +5,12 @@ import json
 import numpy as np
 import pytest
 
-from metricattn import attacks, robustness
+from metricattn import attacks, robustness, robustness_eval
 from metricattn.errors import UserError
 from metricattn.train import train_and_evaluate, train_seeds
 from tests.helpers import load_config, tiny_moons
 
-SETTINGS = robustness.Settings(sigmas=(0.0, 0.2, 0.5), epsilons=(0.0, 0.1, 0.3, 0.6),
+SETTINGS = robustness_eval.Settings(sigmas=(0.0, 0.2, 0.5), epsilons=(0.0, 0.1, 0.3, 0.6),
                                pgd_steps=5)
 
 
@@ -21,10 +21,10 @@ def accuracies(result, attack):
 def test_single_run_clean_monotone_and_pgd_stronger(tmp_path):
   config = tiny_moons(train__steps=200, train__eval_every=100, train__checkpoint_every=100)
   summary = train_and_evaluate(config, tmp_path / "run")
-  r = robustness.evaluate_run(tmp_path / "run", SETTINGS)
+  r = robustness_eval.evaluate_run(tmp_path / "run", SETTINGS)
   assert r["step"] == 200 and r["examples"] == 100
   assert r["clean_accuracy"] == pytest.approx(summary["test/accuracy"])
-  for attack in robustness.ATTACKS:
+  for attack in robustness_eval.ATTACKS:
     assert accuracies(r, attack)[0] == pytest.approx(r["clean_accuracy"])  # strength 0
   for attack in ("fgsm", "pgd"):
     assert np.all(np.diff(accuracies(r, attack)) <= 0), r[attack]          # eps grows
@@ -58,8 +58,8 @@ def test_image_run_in_pixel_units(tmp_path):
   config = load_config("configs/ipn_mnist.py", "dataset=digits,attention=l2,steps=30",
                        train__eval_every=30, train__checkpoint_every=30)
   summary = train_and_evaluate(config, tmp_path / "digits")
-  settings = robustness.Settings(sigmas=(0.0, 0.5), epsilons=(0.0, 0.3), pgd_steps=3)
-  r = robustness.evaluate_run(tmp_path / "digits", settings)
+  settings = robustness_eval.Settings(sigmas=(0.0, 0.5), epsilons=(0.0, 0.3), pgd_steps=3)
+  r = robustness_eval.evaluate_run(tmp_path / "digits", settings)
   assert r["clean_accuracy"] == pytest.approx(summary["test/accuracy"])
   assert "pixel units" in r["units"] and r["examples"] == 360
   space = attacks.input_space(config)
@@ -69,4 +69,4 @@ def test_image_run_in_pixel_units(tmp_path):
 def test_translation_run_is_refused(tmp_path):
   (tmp_path / "config.json").write_text(json.dumps({"task": "translation", "seed": 0}))
   with pytest.raises(UserError, match="needs a classifier"):
-    robustness.restore_run(tmp_path)
+    robustness_eval.restore_run(tmp_path)

@@ -14,7 +14,7 @@ import optuna
 import pytest
 
 from helpers import ROOT, tiny_moons
-from metricattn import grid, report, sweep
+from metricattn import comparison, grid, sweep
 from metricattn.errors import UserError
 from metricattn.restore import restore
 from metricattn.study import space, storage, worker
@@ -94,7 +94,7 @@ def test_grid_study_equals_the_grid_sweep(grid_study, capsys):
 
 def test_report_on_a_study_root_adds_best_trials_and_optuna_figures(grid_study):
   root, _ = grid_study
-  text = report.write_report(root)
+  text = comparison.write_report(root)
   assert "## Study" in text and "Best 5 trials:" in text
   best = max(load(root).trials, key=lambda t: (t.value, -t.number))
   assert f"| {best.number} | {best.value:.4f} |" in text

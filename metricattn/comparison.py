@@ -1,0 +1,357 @@
+"""The comparison of the groups of runs under a root: loading the runs, statistics per group and
+against the softmax group, tables, figures, and ROOT/report.md and report.json
+(`write_report`). The command `python -m metricattn.report` (its docstring says what the
+report holds) and `metricattn.experiment` call it."""
+
+
+from __future__ import annotations
+
+import datetime
+import json
+import sys
+from pathlib import Path
+
+from metricattn import plots, stats
+from metricattn.errors import UserError
+from metricattn.fileio import read_json, read_jsonl, write_atomic
+from metricattn import runs as runs_lib
+from metricattn.runs import SELECTION_SPLIT, best_val_step, experiment_title, load_experiment
+from metricattn.reporting import fmt, machine_description, markdown_table, mean_std
+from metricattn.study.section import study_section
+from metricattn.study.storage import STUDY_FILE
+
+# The headline metric of a run, by preference.
+METRICS = ("test/accuracy", "test/bleu", "val/accuracy", "val/bleu")
+BASELINE = "softmax"
+
+
+# ---------------------------------------------------------------- loading
+
+def load_runs(root: Path) -> list[dict]:
+  """One dict per finished run: summary plus `group`, `seed`, `workdir`, `records`."""
+  runs = []
+  for workdir in runs_lib.finished_runs(root):
+    summary, config = read_json(workdir / "summary.json"), read_json(workdir / "config.json")
+    if summary is None or config is None:
+      print(f"warning: skipping {workdir}: its summary.json or config.json is unreadable",
+            file=sys.stderr)
+      continue
+    runs.append({**summary, "group": runs_lib.group_name(root, workdir), "seed": config["seed"],
+                 "workdir": str(workdir), "records": read_jsonl(workdir / "metrics.jsonl"),
+                 "corpus": config.get("data", {}).get("corpus")})
+  return runs
+
+
+def headline_metric(runs: list[dict]) -> str:
+  for m in METRICS:
+    if all(m in r for r in runs):
+      return m
+  raise UserError(f"the runs share none of the metrics {', '.join(METRICS)}")
+
+
+def series(records: list[dict], split: str, key: str) -> plots.Curve:
+  """(steps, values) of `key` in the records of `split`, in step order."""
+  rows = sorted((r["step"], r[key]) for r in records if r["split"] == split and key in r)
+  return [s for s, _ in rows], [v for _, v in rows]
+
+
+def group_order(group: str) -> tuple:
+  """Sorts 'optimizer.lr=3e-4/...' groups by value: numbers as numbers (3e-4 < 1e-3),
+  other values as text."""
+  def part(p: str):
+    key, _, value = p.partition("=")
+    try:
+      return (key, 0, float(value), "")
+    except ValueError:
+      return (key, 1, 0.0, value)
+  return tuple(part(p) for p in group.split("/"))
+
+
+def group_runs(runs: list[dict]) -> dict[str, list[dict]]:
+  groups: dict[str, list[dict]] = {}
+  for r in sorted(runs, key=lambda r: (group_order(r["group"]), r["seed"])):
+    groups.setdefault(r["group"], []).append(r)
+  return groups
+
+
+# ---------------------------------------------------------------- statistics
+
+def run_stats(run: dict, metric: str, target: float | None) -> dict:
+  """Per-run measures: final metric and the metric at the best val evaluation (None without
+  a val split), steps/seconds to target, loss AUC and jitter."""
+  split, key = metric.split("/")
+  eval_steps, eval_values = series(run["records"], split, key)
+  loss_steps, losses = series(run["records"], "train", "loss")
+  reached = None if target is None else stats.first_reaching(eval_steps, eval_values, target)
+  sps = run.get("steps_per_second")
+  best_step = best_val_step(run["records"])
+  return {"final": run[metric], "best": dict(zip(eval_steps, eval_values)).get(best_step),
+          "steps_to_target": reached,
+          "seconds_to_target": reached / sps if reached is not None and sps else None,
+          "loss_auc": stats.curve_auc(loss_steps, losses), "loss_jitter": stats.jitter(losses),
+          "final_loss": run.get("train/loss"), "steps_per_second": sps}
+
+
+def _mean(values) -> float | None:
+  v = [x for x in values if x is not None]
+  return sum(v) / len(v) if v else None
+
+
+def _median(values) -> float | None:
+  v = [x for x in values if x is not None]
+  return stats.summarize(v)["median"] if v else None
+
+
+def group_stats(rs: list[dict], metric: str, target: float | None) -> dict:
+  """Aggregates over the seeds of one group."""
+  per = [run_stats(r, metric, target) for r in rs]
+  col = lambda k: [p[k] for p in per]
+  return {"attention": rs[0].get("attention", "?"), "seeds": [r["seed"] for r in rs],
+          "final": stats.summarize(col("final")), "final_values": col("final"),
+          "best_mean": _mean(col("best")),
+          "steps_to_target": _median(col("steps_to_target")),
+          "seconds_to_target": _median(col("seconds_to_target")),
+          "has_target": target is not None,
+          "reached": sum(s is not None for s in col("steps_to_target")),
+          "loss_auc": _mean(col("loss_auc")), "loss_jitter": _mean(col("loss_jitter")),
+          "final_loss": _mean(col("final_loss")),
+          "steps_per_second": _mean(col("steps_per_second")),
+          "num_params": rs[0].get("num_params"), "per_run": per}
+
+
+def baseline_of(name: str, groups: dict[str, dict]) -> str | None:
+  """The softmax group of the same grid point as `name` (None for softmax groups)."""
+  if groups[name]["attention"] == BASELINE:
+    return None
+  parts = name.split("/")
+  swapped = "/".join(f"attention={BASELINE}" if p.startswith("attention=") else p
+                     for p in parts)
+  if swapped != name and swapped in groups:
+    return swapped
+  softmax = [n for n, g in groups.items() if g["attention"] == BASELINE]
+  return softmax[0] if len(softmax) == 1 else None
+
+
+def comparisons(groups: dict[str, dict]) -> tuple[list[dict], list[str]]:
+  """(comparisons with the baseline, "group vs baseline" pairs left out for < 2 seeds)."""
+  out, left_out = [], []
+  for name, g in groups.items():
+    base = baseline_of(name, groups)
+    if base is None:
+      continue
+    if min(g["final"]["n"], groups[base]["final"]["n"]) < 2:
+      left_out.append(f"{name} vs {base}")
+      continue
+    out.append({"group": name, "baseline": base,
+                **stats.compare(g["final_values"], groups[base]["final_values"])})
+  return out, left_out
+
+
+# ---------------------------------------------------------------- rendering
+
+def metric_digits(metric: str) -> int:
+  """Decimals for a metric: BLEU (0..100) with 2, accuracies with 4."""
+  return 2 if "bleu" in metric else 4
+
+
+def fmt_p(p: float | None) -> str:
+  return "n/a" if p is None else (f"{p:.2e}" if p < 1e-3 else f"{p:.3f}")
+
+
+def header_lines(root: Path, runs: list[dict], metric: str, target: float | None,
+                 experiment: dict | None) -> list[str]:
+  now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+  lines = [f"# Report: {experiment['title'] if experiment else root}", ""]
+  if experiment:
+    lines += [f"- Experiment: `{experiment['name']}`, budget **`{experiment['budget']}`** "
+              f"({experiment.get('budget_note', '')})",
+              f"- Command: `{experiment['command']}`",
+              f"- Runs: `{experiment.get('sweep', '')}`"]
+    if experiment.get("anchor"):
+      lines.append(f"- Anchor (published, not ours): {experiment['anchor']}.")
+  writer = "by the command above" if experiment else f"by `python -m metricattn.report {root}`"
+  last = max((Path(r["workdir"]) / "summary.json").stat().st_mtime for r in runs)
+  finished = datetime.datetime.fromtimestamp(last, datetime.timezone.utc)
+  lines += [f"- Machine: {machine_description()}",
+            f"- Runs finished: {finished:%Y-%m-%d %H:%M} UTC (the newest summary.json); "
+            f"report written: {now}, {writer}",
+            f"- {len(runs)} finished runs; headline metric `{metric}` (final evaluation; "
+            f"higher is better); target {fmt(target) if target is not None else 'none'}."]
+  return lines + corpus_lines(runs) + [""]
+
+
+def corpus_lines(runs: list[dict]) -> list[str]:
+  """The fingerprint of the runs' corpus (data.corpus, as debian_l10n records it)."""
+  corpora = {json.dumps(r["corpus"], sort_keys=True): r["corpus"] for r in runs if r["corpus"]}
+  lines = [f"- Corpus: {c['pairs']:,} pairs ({c['lang']}), sha256 {c['sha256']}, "
+           f"{c['catalogues']} catalogues (unreadable: {c['unreadable'] or 'none'}); "
+           f"packages: {c['packages']}" for c in corpora.values()]
+  if len(lines) > 1:
+    lines.insert(0, f"- **Warning: these runs used {len(lines)} different corpora; results "
+                 "on different corpora are not comparable.**")
+  return lines
+
+
+def has_val(groups: dict[str, dict]) -> bool:
+  """Whether any run has a val evaluation to choose its best evaluation on."""
+  return any(p["best"] is not None for g in groups.values() for p in g["per_run"])
+
+
+BEST = f"at best {SELECTION_SPLIT} eval"
+
+
+def target_cell(g: dict) -> str:
+  n = g["final"]["n"]
+  if not g["has_target"]:
+    return "n/a"
+  if not g["reached"]:
+    return f"not reached (0/{n})"
+  return f"{g['steps_to_target']:.0f} ({g['reached']}/{n})"
+
+
+def summary_table(groups: dict[str, dict], metric: str) -> list[str]:
+  d, val = metric_digits(metric), has_val(groups)
+  head = ["group", "attention", "seeds", f"{metric} mean ± std", "median", "min", "max",
+          *([f"{metric} {BEST} (mean)"] if val else []), "steps to target (median, reached)",
+          "seconds to target", "train-loss AUC/step", "train-loss jitter", "final train loss",
+          "steps/s", "params"]
+  rows = []
+  for name, g in groups.items():
+    f = g["final"]
+    rows.append([name, g["attention"], f["n"], mean_std(f, d), fmt(f["median"], d),
+                 fmt(f["min"], d), fmt(f["max"], d), *([fmt(g["best_mean"], d)] if val else []),
+                 target_cell(g), fmt(g["seconds_to_target"], 1), fmt(g["loss_auc"]),
+                 fmt(g["loss_jitter"]), fmt(g["final_loss"]), fmt(g["steps_per_second"], 1),
+                 g["num_params"]])
+  return markdown_table(head, rows)
+
+
+def comparison_table(comps: list[dict], left_out: list[str], metric: str) -> list[str]:
+  d = metric_digits(metric)
+  note = ([f"Not compared: {', '.join(left_out)}; comparisons need >= 2 seeds per group.",
+           ""] if left_out else [])
+  if not comps:
+    return note or ["No comparison: the runs have no `softmax` group to compare with.", ""]
+  lines = [f"Difference of the mean final `{metric}` of each group minus its `softmax` "
+           "baseline; 95% percentile bootstrap interval (10,000 resamples of each group, "
+           "seed 0); two-sided p-values of Welch's t-test and the Mann-Whitney U test.", "",
+           "| comparison | difference of means | 95% bootstrap interval | Welch t p | "
+           "Mann-Whitney U p |", "|---|---|---|---|---|"]
+  for c in comps:
+    lines.append(f"| {c['group']} vs {c['baseline']} | {c['diff']:+.{d}f} | "
+                 f"[{c['ci_low']:+.{d}f}, {c['ci_high']:+.{d}f}] | {fmt_p(c['welch_p'])} | "
+                 f"{fmt_p(c['mannwhitney_p'])} |")
+  return lines + [""] + note
+
+
+def per_seed_table(groups: dict[str, dict], runs_by_group: dict[str, list[dict]],
+                   metric: str) -> list[str]:
+  d, val = metric_digits(metric), has_val(groups)
+  head = ["group", "seed", metric, *([BEST] if val else []), "final train loss", "steps/s"]
+  rows = [[name, r["seed"], fmt(p["final"], d), *([fmt(p["best"], d)] if val else []),
+           fmt(p["final_loss"]), fmt(p["steps_per_second"], 1)]
+          for name, rs in runs_by_group.items() for r, p in zip(rs, groups[name]["per_run"])]
+  return markdown_table(head, rows)
+
+
+def robustness_lines(root: Path) -> list[str]:
+  """The table of ROOT/robustness.md (written by metricattn.robustness), if there is one."""
+  path = root / "robustness.md"
+  if not path.exists():
+    return []
+  body = [l for l in path.read_text().splitlines() if not l.startswith("# ")]
+  while body and not body[0].strip():
+    body.pop(0)
+  return ["## Robustness (beyond the paper)", "", *body, ""]
+
+
+def write_figures(root: Path, runs_by_group: dict[str, list[dict]], metric: str,
+                  title: str) -> list[tuple[str, str, str]]:
+  """Writes curves.png and violin.png into root; returns (file, alt text, caption)."""
+  split, key = metric.split("/")
+  panels = [("loss", "train", "loss"), ("metric", split, key)]
+  if any("perplexity" in rec for rs in runs_by_group.values() for r in rs
+         for rec in r["records"] if rec.get("split") == split):
+    panels.insert(1, ("perplexity", split, "perplexity"))
+  curves = {name: {panel: [series(r["records"], s, k) for r in rs] for panel, s, k in panels}
+            for name, rs in runs_by_group.items()}
+  plots.plot_curves(curves, [(p, "training loss" if p == "loss" else f"{s}/{k}")
+                             for p, s, k in panels], root / "curves.png", title)
+  plots.plot_violin({n: [r[metric] for r in rs] for n, rs in runs_by_group.items()},
+                    f"final {metric}", root / "violin.png", title)
+  single = (" Groups of one seed (n = 1, no spread) have a line and no band."
+            if any(len(rs) < 2 for rs in runs_by_group.values()) else "")
+  shown = "Training loss, perplexity and" if len(panels) == 3 else "Training loss and"
+  return [("curves.png", "training curves", f"{shown} the headline metric over "
+           "steps: mean over seeds, band min..max over seeds; markers on curves of "
+           f"<= {plots.MARKERS_UP_TO} points." + single),
+          ("violin.png", "final metric", f"Final {metric} per group; dots are seeds.")]
+
+
+def render(root: Path, runs: list[dict], *, target: float | None = None,
+           experiment: dict | None = None, figures: bool = True,
+           more_figures: list[tuple[str, str, str]] = (),
+           more_lines: list[str] = ()) -> tuple[str, dict]:
+  """(report.md text, report.json content); writes the figures when `figures`;
+  `more_figures` (file in root, alt text, caption) are listed after them, `more_lines`
+  (markdown) after the comparison."""
+  metric = headline_metric(runs)
+  runs_by_group = group_runs(runs)
+  groups = {n: group_stats(rs, metric, target) for n, rs in runs_by_group.items()}
+  comps, left_out = comparisons(groups)
+  lines = header_lines(root, runs, metric, target, experiment)
+  best = (f"`{metric}` {BEST}: at the evaluation with the best `{SELECTION_SPLIT}` "
+          "score (accuracy, else BLEU, else lowest loss), as `evaluate --step best` chooses. "
+          if has_val(groups) else "No best-evaluation column: the runs have no "
+          f"`{SELECTION_SPLIT}` split to choose an evaluation on (choosing on test would "
+          "leak it). ")
+  lines += ["## Summary per group", "", *summary_table(groups, metric), "",
+            "Std: sample standard deviation over seeds. " + best + "Steps to target: the first "
+            "evaluation at or above the target (median over the seeds that reached it). "
+            "Seconds: those steps at the run's training speed (compilation and evaluation "
+            "excluded). AUC/step: area under the logged training loss divided by the step "
+            "span (the average training loss). Jitter: mean absolute change between "
+            "consecutive logged training losses (each a mean over `train.log_every` steps; "
+            "it includes the descent itself, so compare it between groups of equal loss "
+            "curves' shape with care).",
+            "", "## Comparison with softmax", "", *comparison_table(comps, left_out, metric),
+            *more_lines]
+  if figures:
+    title = f"{experiment_title(root, experiment)}: {metric}"
+    lines += ["## Figures", ""]
+    for file, alt, caption in [*write_figures(root, runs_by_group, metric, title),
+                               *more_figures]:
+      lines += [f"![{alt}]({file})", "", caption, ""]
+  lines += robustness_lines(root)
+  lines += ["## Per seed", "", *per_seed_table(groups, runs_by_group, metric)]
+  platforms = sorted({f"{r.get('platform', '?')} x{r.get('devices', '?')}" for r in runs})
+  in_program = sorted({r.get("seeds_in_program", 1) for r in runs})
+  lines += ["", f"Devices: {', '.join(platforms)}; seeds per compiled program: "
+            f"{', '.join(map(str, in_program))}. Steps/s excludes compilation and evaluation "
+            "pauses; with several seeds in one program it is the program's speed (all its "
+            "seeds advance one step)."]
+  data = {"metric": metric, "target": target, "experiment": experiment,
+          "groups": {n: {k: v for k, v in g.items()} for n, g in groups.items()},
+          "comparisons": comps, "not_compared": left_out}
+  return "\n".join(lines) + "\n", data
+
+
+def write_report(root: Path, *, target: float | None = None, experiment: dict | None = None,
+                 more_figures: list[tuple[str, str, str]] = ()) -> str:
+  """Writes ROOT/report.md, report.json and the figures; returns the markdown.
+  `more_figures`: (file in root, alt text, caption) of figures drawn elsewhere."""
+  runs = load_runs(root)
+  if not runs:
+    raise FileNotFoundError(f"no finished runs (summary.json) under {root}")
+  experiment = experiment or load_experiment(root)
+  if target is None and experiment:
+    target = experiment.get("target")
+  more_lines = []
+  if (root / STUDY_FILE).exists():  # an Optuna study's root
+    more_lines, study_figures = study_section(root)
+    more_figures = [*more_figures, *study_figures]
+  text, data = render(root, runs, target=target, experiment=experiment,
+                      more_figures=more_figures, more_lines=more_lines)
+  write_atomic(root / "report.md", text)
+  write_atomic(root / "report.json", json.dumps(data, indent=2) + "\n")
+  return text
