@@ -120,11 +120,13 @@ def recorded_sha256(path: Path) -> str | None:
   except FileNotFoundError:
     return None
   except (CorruptFile, UnicodeDecodeError) as e:
+    what, remedy = f"unreadable checksum record ({_reason(e)})", f"{path.name} is checked by reading it alone"
     try:
-      _warn_moved(record, f"unreadable checksum record ({_reason(e)})", move_aside(record),
-                  f"{path.name} is checked by reading it alone")
+      _warn_moved(record, what, move_aside(record), remedy)
     except FileNotFoundError:
       pass  # moved by another process meanwhile
+    except OSError as e2:
+      print(f"warning: {record}: {what}; cannot move it aside ({_reason(e2)}), {remedy}", file=sys.stderr)
     return None
 
 
