@@ -19,6 +19,7 @@ demo: $(STAMP)
 	$(PY) -m metricattn.report runs/moons
 
 test: $(STAMP)
+	$(VENV)/bin/lint-imports --no-cache
 	$(PY) -m pytest
 
 bench: $(STAMP)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ from metricattn import experiment
 from metricattn.errors import UserError
 from metricattn.theory import report
 from metricattn.theory import trained as tr
+from metricattn.theory import trained_report
 
 
 def test_asymmetry_ignores_row_and_column_offsets():
@@ -29,13 +31,15 @@ def test_asymmetry_ignores_row_and_column_offsets():
 @pytest.fixture(scope="module")
 def tiny_root(tmp_path_factory):
   """A root with the moons experiment's `test` budget (2 seeds vmapped per kind, 20 steps),
-  trained through the experiment runner; a second call reuses it without the runner."""
+  trained by the command that the analysis names when the runs are missing."""
   root = tmp_path_factory.mktemp("trained") / "moons"
-  runs, _, new = tr.ensure_runs(root, "test")
-  assert new == len(runs) == 6 and all((w / "summary.json").exists() for w in runs.values())
-  with pytest.MonkeyPatch.context() as mp:
-    mp.setattr(experiment, "run", lambda *a, **k: pytest.fail("finished runs retrained"))
-    assert tr.ensure_runs(root, "test")[0] == runs
+  with pytest.raises(UserError) as missing:
+    trained_report.check_runs(root, "test")
+  command = trained_report.experiment_command(root, "test")
+  assert "6 of the 6 runs" in str(missing.value) and command in str(missing.value)
+  assert experiment.main(shlex.split(command)[3:]) == 0
+  runs = trained_report.check_runs(root, "test")
+  assert len(runs) == 6 and all((w / "summary.json").exists() for w in runs.values())
   return root
 
 
@@ -68,14 +72,14 @@ def test_analysed_matrix_reproduces_the_blocks(tiny_runs):
 
 
 def test_report_of_the_experiment_runs(tiny_root, tmp_path):
-  tr.main(["--runs", str(tiny_root), "--budget", "test", "--out", str(tmp_path)])
+  trained_report.main(["--runs", str(tiny_root), "--budget", "test", "--out", str(tmp_path)])
   text = (tmp_path / "report.md").read_text()
-  assert "budget `test`" in text and "0 runs trained here" in text
+  assert "budget `test`" in text and "6 finished runs analysed" in text
   assert "| kind | layer | asym, init |" in text
   assert json.loads((tmp_path / "results.json").read_text())["seeds"] == [0, 1]
   assert (tmp_path / "trained.png").exists() and (tmp_path / "trained_attention.png").exists()
-  with pytest.raises(UserError, match="another definition"):
-    tr.ensure_runs(tiny_root, "quick")
+  with pytest.raises(UserError, match="budget 'test', not 'quick'"):
+    trained_report.check_runs(tiny_root, "quick")
 
 
 def test_theory_help_shows_the_trained_subcommand(capsys):
