@@ -90,7 +90,9 @@ def initialize(coordinator_address: str | None, num_processes: int | None,
                                  heartbeat_timeout_seconds=HEARTBEAT_TIMEOUT)
   except Exception as e:  # e.g. not everyone joined within the initialization timeout
     state = distributed.global_state
-    me, n = state.process_id, state.num_processes or num_processes
+    known = state.coordinator_address is not None  # JAX got as far as connecting
+    me = process_id if process_id is not None else state.process_id if known else None
+    n = num_processes if num_processes is not None else state.num_processes if known else None
     address = state.coordinator_address or coordinator_address
     # Held, not shut down: JAX's exit handler would report the failed client at length.
     _failed.append((state.client, state.service))
@@ -111,9 +113,11 @@ def _join_failure(error: Exception, elapsed: float, init_timeout: int, address: 
       return (f"{who}: could not reach process 0 at --coordinator_address={address} within "
               f"{init_timeout} s; start process 0 there (the same --coordinator_address on "
               f"every process), or raise --init_timeout")
-    return (f"{who}: not all {n} processes joined within {init_timeout} s; start the others "
-            f"with the same --coordinator_address, or check --num_processes/--process_id "
-            f"(each process its own id in 0..{(n or 1) - 1}), or raise --init_timeout")
+    ids = f" in 0..{n - 1}" if n else ""
+    return (f"{who}: not all {n or ''} processes joined within {init_timeout} s; start the "
+            f"others with the same --coordinator_address, or check --num_processes/"
+            f"--process_id (each process its own id{ids}), or raise --init_timeout"
+            ).replace("all  ", "all ")
   text = " ".join(str(error).split())[:300]
   if text == "std::bad_cast":  # JAX's error, lost on its way to our callback (see below)
     text = "JAX's coordination service reported an error while the processes joined"
