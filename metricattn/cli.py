@@ -20,6 +20,17 @@ def error(message: str) -> int:
   return 2
 
 
+def say(line: str) -> None:
+  """Prints a progress line on stdout. When stdout is a closed pipe (`sweep ... | head -3`),
+  stdout goes to /dev/null from then on and the command carries on: no BrokenPipeError."""
+  try:
+    print(line, flush=True)
+  except BrokenPipeError:
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
 def fail(message: str) -> None:
   """`error(message)`, then exit with code 2."""
   sys.exit(error(message))

@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 from metricattn import registry
+from metricattn import runs as runs_lib
 from metricattn.config_utils import load_config_file, set_override
 from metricattn.cli import enable_compilation_cache, error
 from metricattn.errors import UserError
@@ -156,10 +157,16 @@ def run(name: str, budget: str, root: Path | None, jobs: int | None,
   exp.budget(budget)
   root = root or Path("runs/experiments") / name / budget
   preflight(load_config(exp, budget, exp.kinds_of(budget)[0]))
+  runs_lib.make_workdir(root, "--root")
+  if results:
+    runs_lib.make_workdir(results, "--results")
   grid = grid_of(exp, budget, root, jobs)
   meta = record(root, exp, budget, sweep_args(grid), command)
   print(f"experiment {name}, budget {budget}: {meta['sweep']}", flush=True)
-  if run_grid(**{**grid, "seeds": parse_seeds(grid["seeds"])}) != 0:
+  code = run_grid(**{**grid, "seeds": parse_seeds(grid["seeds"])})
+  if code > 128:  # stopped by a signal, its runs after a checkpoint: run_grid said so
+    return code
+  if code != 0:
     for line in first_errors(root):
       print(line, file=sys.stderr)
     raise UserError(f"some runs of {name} failed (logs under {root}); fix the cause and rerun "

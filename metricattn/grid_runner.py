@@ -9,6 +9,7 @@ running job every `progress_every` seconds (steps done, steps/s, time left).
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import threading
@@ -17,21 +18,34 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from metricattn import runs as runs_lib
+from metricattn.children import Forwarding
+from metricattn.cli import say
 from metricattn.errors import UserError
 from metricattn.grid import check_points, grid_points, plan
 
 
-def run_one(workdirs: list[Path], cmd: list[str], jobs: dict) -> tuple[Path, int, float]:
-  """Runs one process; its output goes to log.txt in its (first) workdir's parent or itself."""
-  logdir = workdirs[0] if len(workdirs) == 1 else workdirs[0].parent
+def run_one(workdirs: list[Path], cmd: list[str], jobs: dict,
+            children: Forwarding) -> tuple[Path, int | None, float]:
+  """Runs one process (a child that dies with this one); its output goes to log.txt in its
+  (first) workdir's parent or itself. The exit code is None when it was not started because
+  the sweep is stopping."""
+  logdir = log_dir(workdirs)
   logdir.mkdir(parents=True, exist_ok=True)
   t = time.perf_counter()
   with open(logdir / "log.txt", "a") as log:
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    proc = children.spawn(cmd, stdout=log, stderr=subprocess.STDOUT)
+    if proc is None:
+      return logdir, None, 0.0
     jobs[logdir] = (workdirs[0], t, last_step(workdirs[0]))
-    rc = proc.wait()
+    rc = children.wait(proc)
   jobs.pop(logdir, None)
   return logdir, rc, time.perf_counter() - t
+
+
+def log_dir(workdirs: list[Path]) -> Path:
+  """Where a process's log.txt and lock are: its workdir, or for vmapped seeds the grid
+  point's directory."""
+  return workdirs[0] if len(workdirs) == 1 else workdirs[0].parent
 
 
 def last_step(workdir: Path) -> int:
@@ -58,8 +72,8 @@ def show_progress(jobs: dict, totals: dict, root: Path, stop: threading.Event,
   started (its start-up and compilation included), time left at that speed."""
   while not stop.wait(every):
     for logdir, (workdir, t0, step0) in list(jobs.items()):
-      print(progress_line(str(logdir.relative_to(root)), last_step(workdir), totals[logdir],
-                          step0, time.perf_counter() - t0), flush=True)
+      say(progress_line(str(logdir.relative_to(root)), last_step(workdir), totals[logdir],
+                        step0, time.perf_counter() - t0))
 
 
 def run_grid(config: str, grid: list[str], seeds: list[int], root: Path,
@@ -67,7 +81,8 @@ def run_grid(config: str, grid: list[str], seeds: list[int], root: Path,
              progress_every: float = 10.0) -> int:
   """Runs every grid point x seed under `root` (see the module docstring); a bad grid,
   config or `jobs` is a UserError before anything runs. Returns 0 when all runs succeeded,
-  1 when some failed, 130 when interrupted."""
+  1 when some failed, 128 + the signal when stopped by SIGINT or SIGTERM (its running
+  runs stopped after a checkpoint, nothing left training)."""
   configs = check_points(config, grid_points(grid), overrides)
   if jobs < 1:
     raise UserError(f"--jobs must be at least 1; got {jobs}")
@@ -77,25 +92,39 @@ def run_grid(config: str, grid: list[str], seeds: list[int], root: Path,
   for i, (w, _) in enumerate(runs):
     totals[w[0] if len(w) == 1 else w[0].parent] = configs[i // per_point].train.steps
   todo = [(w, c) for w, c in runs if not all(runs_lib.finished(d) for d in w)]
-  print(f"{len(runs)} runs, {len(runs) - len(todo)} already finished, {len(todo)} to run "
-        f"with {jobs} job(s)", flush=True)
+  live = [log_dir(w) for w, _ in todo if runs_lib.busy(log_dir(w))]
+  if live:
+    raise UserError(f"{len(live)} of the runs under {root} are still training in another "
+                    f"process (e.g. {live[0]}, pid {runs_lib.lock_holder(live[0])}): an "
+                    "earlier sweep's; wait for it to finish or stop it, then rerun")
+  say(f"{len(runs)} runs, {len(runs) - len(todo)} already finished, {len(todo)} to run "
+      f"with {jobs} job(s)")
   failed, running, stop, t0 = 0, {}, threading.Event(), time.perf_counter()
   if progress_every > 0:
     threading.Thread(target=show_progress, args=(running, totals, root, stop, progress_every),
                      daemon=True).start()
-  try:
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
-      for i, (workdir, rc, secs) in enumerate(pool.map(lambda r: run_one(*r, running), todo),
-                                              1):
-        status = "ok" if rc == 0 else f"FAILED (exit {rc}, see {workdir / 'log.txt'})"
-        print(f"[{i}/{len(todo)}] {workdir} {status} {secs:.1f}s", flush=True)
-        failed += rc != 0
-  except KeyboardInterrupt:
-    print("sweep interrupted: running jobs stop after a checkpoint; rerun the same command "
-          "to finish", file=sys.stderr)
-    return 130
-  finally:
-    stop.set()
-  print(f"sweep: {len(todo) - failed} of {len(todo)} runs ok in "
-        f"{time.perf_counter() - t0:.0f} s", flush=True)
+  done = 0
+  with Forwarding() as children:
+    try:
+      with ThreadPoolExecutor(max_workers=jobs) as pool:
+        for workdir, rc, secs in pool.map(lambda r: run_one(*r, running, children), todo):
+          if rc is None:
+            continue  # not started: the sweep is stopping
+          done += 1
+          status = "ok" if rc == 0 else f"FAILED (exit {rc}, see {workdir / 'log.txt'})"
+          if children.received is not None and rc in (130, 143):
+            status = f"stopped with a checkpoint (exit {rc})"
+          say(f"[{done}/{len(todo)}] {workdir} {status} {secs:.1f}s")
+          failed += rc != 0
+    finally:
+      stop.set()
+  if children.received is not None:
+    name = signal.Signals(children.received).name
+    print(f"sweep stopped by {name}: {done} of {len(todo)} runs ended (those running were "
+          "stopped after a checkpoint), none left training; rerun the same command to "
+          "finish", file=sys.stderr)
+    return 128 + children.received
+  if todo:
+    say(f"sweep: {len(todo) - failed} of {len(todo)} runs ok in "
+        f"{time.perf_counter() - t0:.0f} s")
   return 1 if failed else 0

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -123,9 +124,16 @@ def write_root_report(root: Path, results: list[dict], settings: Settings) -> st
 
 
 def check_settings(settings: Settings) -> None:
-  """A UserError unless there is a PGD step, a sigma and an eps."""
+  """A UserError unless there is a PGD step, a sigma and an eps, none negative, and
+  --max-examples is not negative."""
   if settings.pgd_steps < 1 or not settings.sigmas or not settings.epsilons:
     raise UserError("need --pgd-steps >= 1 and at least one sigma and one eps")
+  for flag, values in (("--sigmas", settings.sigmas), ("--eps", settings.epsilons)):
+    if any(not math.isfinite(v) or v < 0 for v in values):
+      raise UserError(f"{flag} must be finite numbers >= 0; got {','.join(map(str, values))}")
+  if settings.max_examples < 0:
+    raise UserError(f"--max-examples must be >= 0 (0: the whole split); got "
+                    f"{settings.max_examples}")
 
 
 def run(workdir: Path, settings: Settings, force: bool = False) -> str:

@@ -151,6 +151,14 @@ class Lock:
     self.file.close()
 
 
+def lock_holder(workdir: str | Path) -> str:
+  """The pid written in WORKDIR/.lock ('unknown' when there is none)."""
+  try:
+    return (Path(workdir) / ".lock").read_text().strip() or "unknown"
+  except OSError:
+    return "unknown"
+
+
 def busy(workdir: str | Path) -> bool:
   """Whether a live process holds WORKDIR/.lock now (a run trains there)."""
   import fcntl
@@ -166,19 +174,22 @@ def busy(workdir: str | Path) -> bool:
     return False
 
 
-def make_workdir(workdir: Path) -> None:
-  """Creates `workdir` (and its parents), or says in one line why it cannot be used."""
+def make_workdir(workdir: Path, flag: str = "--workdir") -> None:
+  """Creates `workdir` (and its parents), or says in one line, naming the command line's
+  `flag`, why it cannot be used."""
   try:
     workdir.mkdir(parents=True, exist_ok=True)
     probe = tempfile.NamedTemporaryFile(dir=workdir, prefix=".write-test-")
     probe.close()
   except FileExistsError:
-    raise UserError(f"--workdir {workdir} exists and is not a directory") from None
+    raise UserError(f"{flag} {workdir} exists and is not a directory") from None
   except NotADirectoryError:
-    raise UserError(f"--workdir {workdir}: a parent of it is a file, not a directory") from None
+    raise UserError(f"{flag} {workdir}: a parent of it is a file, not a directory") from None
   except PermissionError:
-    raise UserError(f"--workdir {workdir} is not writable (permission denied); choose a "
+    raise UserError(f"{flag} {workdir} is not writable (permission denied); choose a "
                     "directory you can write to") from None
+  except OSError as e:
+    raise UserError(f"{flag} {workdir} cannot be used: {e.strerror}") from None
 
 
 # ---------------------------------------------------------------- config changes on resume

@@ -3,6 +3,7 @@ line, a full disk (a small tmpfs when the tests run as root, else a fault hook).
 
 import errno
 import os
+import signal
 import subprocess
 import sys
 
@@ -123,3 +124,67 @@ def test_full_disk_during_a_checkpoint_is_one_line(tmp_path):
                              "rerun the same command")
   finally:
     subprocess.run(["umount", str(disk)])
+
+
+# ---------------------------------------------------------------- launchers own their children
+
+SWEEP = [sys.executable, "-m", "metricattn.sweep", "--config=configs/moons_ipn.py",
+         "--grid", "attention=softmax,l2", "--jobs", "2", "--progress-every", "0",
+         "--set", "train.steps=1000000", "train.log_every=10", "train.eval_every=100000",
+         "train.checkpoint_every=100000"]
+
+
+def wait_until(condition, timeout=300.0):
+  import time
+  t0 = time.time()
+  while not condition():
+    assert time.time() - t0 < timeout, "timed out"
+    time.sleep(0.5)
+
+
+def training(workdirs):
+  """Every workdir has logged a training step (its process is in the loop)."""
+  return all(read_jsonl(w / "metrics.jsonl") for w in workdirs if (w / "metrics.jsonl").exists()
+             ) and all((w / "metrics.jsonl").exists() for w in workdirs)
+
+
+def test_sweep_sigterm_stops_its_runs_and_a_rerun_meanwhile_says_so(tmp_path):
+  from metricattn import runs
+  root = tmp_path / "sweep"
+  workdirs = [root / f"attention={k}" / "seed=0" for k in ("softmax", "l2")]
+  sweep = subprocess.Popen([*SWEEP, "--seeds", "0", "--root", str(root)], cwd=ROOT,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  try:
+    wait_until(lambda: training(workdirs))
+    again = subprocess.run([*SWEEP, "--seeds", "0", "--root", str(root)], cwd=ROOT,
+                           capture_output=True, text=True)
+    assert again.returncode == 2
+    assert again.stderr.startswith(f"error: 2 of the runs under {root} are still training in "
+                                   "another process")
+    sweep.send_signal(signal.SIGTERM)
+    out, err = sweep.communicate(timeout=300)
+  finally:
+    sweep.kill()
+  assert sweep.returncode == 143, err
+  assert err.strip().splitlines()[-1].startswith("sweep stopped by SIGTERM: 2 of 2 runs ended")
+  for w in workdirs:
+    assert not runs.busy(w)
+    assert "SIGTERM: stopped at step" in (w / "log.txt").read_text()
+    assert any(p.name.isdigit() for p in (w / "checkpoints").iterdir())
+
+
+def test_sigkill_to_the_sweep_stops_its_runs_after_a_checkpoint(tmp_path):
+  from metricattn import runs
+  root = tmp_path / "sweep"
+  workdirs = [root / f"attention={k}" / "seed=0" for k in ("softmax", "l2")]
+  sweep = subprocess.Popen([*SWEEP, "--seeds", "0", "--root", str(root)], cwd=ROOT,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  try:
+    wait_until(lambda: training(workdirs))
+  finally:
+    sweep.kill()
+  sweep.wait()
+  wait_until(lambda: not any(runs.busy(w) for w in workdirs), timeout=120)
+  for w in workdirs:
+    assert "SIGTERM: stopped at step" in (w / "log.txt").read_text()
+    assert any(p.name.isdigit() for p in (w / "checkpoints").iterdir())

@@ -58,7 +58,10 @@ def test_two_workers_finish_eight_trials_each_run_once(grid_study):
   trials = load(root).trials
   assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 8
   assert len({tuple(sorted(t.params.items())) for t in trials}) == 8
-  assert {t.user_attrs["worker"] for t in trials} == {"worker 0", "worker 1"}
+  # Named by their launcher's pid too: two launchers' workers are told apart.
+  names = {t.user_attrs["worker"] for t in trials}
+  assert len(names) == 2 and {n.split(" of ")[0] for n in names} == {"worker 0", "worker 1"}
+  assert len({n.split(" of ")[1] for n in names}) == 1
   for t in trials:
     home = root / t.user_attrs["workdir"]
     log = (home / "log.txt").read_text()

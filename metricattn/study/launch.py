@@ -6,11 +6,12 @@ one worker or starts `--workers` local ones (each running the same sweep command
 from __future__ import annotations
 
 import math
+import os
 import signal
-import subprocess
 import sys
 from pathlib import Path
 
+from metricattn.children import Forwarding
 from metricattn.errors import UserError
 from metricattn.grid import check_points, parse_seeds, point_config
 from metricattn.study.space import check_space, parse_objective, parse_space, read_space_file
@@ -74,12 +75,18 @@ def run_study(a, argv: list[str]) -> int:
   study = open_study(definition, sampler, pruner)
   record_definition(a.root, recorded)
   if a.workers > 1:
-    procs = [subprocess.Popen([sys.executable, "-m", "metricattn.sweep", *argv, "--workers",
-                               "1", "--worker-name", f"worker {i}"]) for i in range(a.workers)]
-    try:
-      codes = [p.wait() for p in procs]
-    except KeyboardInterrupt:
-      codes = [p.wait() for p in procs]
+    # The workers die with this launcher and get its SIGTERM/SIGINT once; their trials
+    # stop after a checkpoint and are queued again for the next worker.
+    with Forwarding() as children:
+      procs = [children.spawn([sys.executable, "-m", "metricattn.sweep", *argv, "--workers",
+                               "1", "--worker-name", f"worker {i} of {os.getpid()}"])
+               for i in range(a.workers)]
+      codes = [children.wait(p) for p in procs if p is not None]
+    if children.received is not None:
+      print(f"study stopped by {signal.Signals(children.received).name}: its workers' "
+            "running trials stopped after a checkpoint and are queued again; rerun the same "
+            "command to go on", file=sys.stderr)
+      return 128 + children.received
     return max([c if c > 0 else 128 - c for c in codes if c], default=0)  # -N: signal N
   worker = Worker(definition, a.root, a.parsed_space, a.trials, a.heartbeat,
                   name=a.worker_name)

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from metricattn import runs as runs_lib
+from metricattn.children import die_with_parent
 from metricattn.errors import Interrupted, UserError
 from metricattn.fileio import read_json, read_jsonl
 from metricattn.study.space import Param, point_value
@@ -106,16 +107,6 @@ def intermediate(workdirs: list[Path], objective: str) -> dict[int, float]:
     return {}
   steps = set.intersection(*[set(f) for f in per_run])
   return {s: sum(f[s] for f in per_run) / len(per_run) for s in sorted(steps)}
-
-
-def _die_with_parent() -> None:
-  """In the trial's process (Linux): SIGTERM when the worker dies, so that a killed worker's
-  run writes a checkpoint and frees its workdir instead of training on unseen."""
-  import ctypes
-  try:
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-  except (OSError, AttributeError):
-    pass
 
 
 class Worker:
@@ -213,7 +204,7 @@ class Worker:
       proc = subprocess.Popen([sys.executable, "-m", "metricattn.study.trial",
                                json.dumps(spec)],
                               stdout=log, stderr=subprocess.STDOUT,
-                              preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+                              preexec_fn=die_with_parent if sys.platform == "linux" else None)
       try:
         self.watch(proc, trial, workdirs)
       except BaseException:
