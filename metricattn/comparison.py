@@ -23,6 +23,14 @@ from metricattn.study.storage import STUDY_FILE
 # The headline metric of a run, by preference.
 METRICS = ("test/accuracy", "test/bleu", "val/accuracy", "val/bleu")
 BASELINE = "softmax"
+# The summary.json values the report computes with: a run where one is not a number (None
+# stands for "not measured") is skipped with a warning.
+NUMBERS = (*METRICS, "test/loss", "val/loss", "train/loss", "steps_per_second", "num_params",
+           "step", "compile_seconds", "wall_seconds")
+
+
+def is_number(v) -> bool:
+  return v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))
 
 
 # ---------------------------------------------------------------- loading
@@ -35,6 +43,11 @@ def load_runs(root: Path) -> list[dict]:
     if summary is None or config is None:
       print(f"warning: skipping {workdir}: its summary.json or config.json is unreadable",
             file=sys.stderr)
+      continue
+    bad = [k for k, v in summary.items() if k in NUMBERS and not is_number(v)]
+    if bad or not isinstance(config.get("seed"), int):
+      what = f"summary.json's {bad[0]} is {summary[bad[0]]!r}" if bad else "no seed"
+      print(f"warning: skipping {workdir}: {what}, not a number", file=sys.stderr)
       continue
     runs.append({**summary, "group": runs_lib.group_name(root, workdir), "seed": config["seed"],
                  "workdir": str(workdir), "records": read_jsonl(workdir / "metrics.jsonl"),

@@ -64,8 +64,24 @@ def load_module(path):
 
 
 def load_config_file(path, arg: str | None = None) -> ml_collections.ConfigDict:
-  """`get_config(arg)` of a config file, as `--config=PATH:ARG` gives it (unlocked)."""
-  return load_module(path).get_config(arg or None)
+  """`get_config(arg)` of a config file, as `--config=PATH:ARG` gives it (unlocked); a
+  config file that fails to load or whose get_config raises is one UserError."""
+  try:
+    return load_module(path).get_config(arg or None)
+  except UserError:
+    raise
+  except SyntaxError as e:
+    raise UserError(f"cannot load config {path}: {e.msg} in {e.filename}, line {e.lineno}"
+                    ) from None
+  except Exception as e:
+    raise UserError(config_failure(path, arg, e)) from None
+
+
+def config_failure(path, arg: str | None, e: BaseException) -> str:
+  """One line for a config file whose loading or get_config raised `e`."""
+  text = " ".join(str(e).split())[:300]
+  call = f"get_config({arg!r})" if arg else "get_config()"
+  return f"config {path}: {call} failed: {type(e).__name__}: {text}"
 
 
 def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:

@@ -10,7 +10,6 @@ a cluster JAX recognises (SLURM, Open MPI, TPU pods); see `metricattn.multihost`
 
 from __future__ import annotations
 
-import os
 import sys
 import traceback
 
@@ -63,10 +62,28 @@ def parse_flags(argv: list[str]) -> list[str]:
     fail(f"cannot load --config: {e.msg} in {e.filename}, line {e.lineno}")
   except (flags.Error, KeyError, AttributeError, TypeError, ValueError) as e:
     text = " ".join(str(e).replace("\\n", " ").replace("\\", "").split())
-    if isinstance(e, (KeyError, AttributeError)):  # their str() is a repr in quotes
-      text = text[1:-1]
+    if isinstance(e, (KeyError, AttributeError)):
+      text = text.strip("'\"")  # a KeyError's str() is a repr in quotes
       unknown_override(argv)
+      config_raises(argv)
     fail(f"bad flag or config override: {text}")
+  except Exception as e:  # the config file's get_config raised
+    config_raises(argv)
+    fail(f"cannot load --config: {type(e).__name__}: {' '.join(str(e).split())[:300]}")
+
+
+def config_raises(argv: list[str]) -> None:
+  """Fails in one line when the --config file itself cannot be loaded (its get_config
+  raises), naming the file and the exception."""
+  from metricattn.config_utils import load_config_file
+  path = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+  if path:
+    try:
+      load_config_file(*path.split(":", 1))
+    except UserError as e:
+      fail(str(e))
+    except Exception:  # a raise we cannot reproduce: the caller's message stands
+      pass
 
 
 def unknown_override(argv: list[str]) -> None:

@@ -58,3 +58,29 @@ def test_main_refuses_a_bad_value_before_making_the_workdir(tmp_path):
   assert out.returncode == 2, out.stderr
   assert out.stderr.strip() == "error: model.depth must be an integer >= 0; got -1"
   assert not workdir.exists()
+
+
+@pytest.mark.parametrize("command", [["metricattn.main", "--workdir={tmp}/w"],
+                                     ["metricattn.sweep", "--root={tmp}/r"]])
+def test_a_config_whose_get_config_raises_is_one_line(tmp_path, command):
+  config = tmp_path / "broken.py"
+  config.write_text("def get_config(arg=None):\n  return 1 / 0\n")
+  out = subprocess.run([sys.executable, "-m", command[0], f"--config={config}",
+                        command[1].format(tmp=tmp_path)], capture_output=True, text=True)
+  assert out.returncode == 2
+  assert out.stderr.strip().splitlines() == [
+      f"error: {'the base config: ' if 'sweep' in command[0] else ''}config {config}: "
+      "get_config() failed: ZeroDivisionError: division by zero"]
+
+
+def test_report_skips_a_summary_with_a_string_for_a_number(tmp_path, capsys):
+  import json
+  from metricattn.comparison import load_runs
+  for seed, acc in ((0, 0.9), (1, "0.8")):
+    w = tmp_path / "attention=l2" / f"seed={seed}"
+    w.mkdir(parents=True)
+    (w / "config.json").write_text(json.dumps({"seed": seed}))
+    (w / "summary.json").write_text(json.dumps({"test/accuracy": acc, "step": 10}))
+  assert [r["seed"] for r in load_runs(tmp_path)] == [0]
+  assert ("summary.json's test/accuracy is '0.8', not a number"
+          in capsys.readouterr().err)
