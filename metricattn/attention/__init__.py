@@ -2,8 +2,11 @@
 
   from metricattn.attention import dot_product_attention, l2_attention   # kernels
   from metricattn.attention import Attention, KINDS                      # the layer
+  from metricattn.attention import AttentionOptions                      # from config.model
 
-`KINDS` is the one tuple of attention kinds; `check_kind` the one place a kind is checked.
+`KINDS` is the one tuple of attention kinds (`KIND_SPECS`: what differs between them);
+`check_kind` the one place a kind is checked. Model families build their attention layers
+with `AttentionOptions.from_config(config.model).layer(...)`.
 `IMPLEMENTATIONS` ("xla", "blockwise", "cudnn"; None chooses) and `check_implementation`
 are the same for the kernels' `implementation=` argument.
 """
@@ -13,9 +16,11 @@ from metricattn.attention.kernels import (IMPLEMENTATIONS, check_implementation,
                                           dot_product_attention, dot_product_logits,
                                           key_centre, key_sqnorm, l2_attention, l2_logits,
                                           masked_softmax_attend)
-from metricattn.attention.layer import KINDS, Attention, MetricMLP, check_kind, split_heads
+from metricattn.attention.layer import (KIND_SPECS, KINDS, Attention, AttentionOptions,
+                                        MetricMLP, check_kind, compute_dtype, split_heads)
 
-__all__ = ["IMPLEMENTATIONS", "KINDS", "Attention", "MetricMLP", "adjacency_mask",
+__all__ = ["IMPLEMENTATIONS", "KINDS", "KIND_SPECS", "Attention", "AttentionOptions",
+           "MetricMLP", "adjacency_mask", "compute_dtype",
            "check_implementation", "check_kind", "dot_product_attention", "dot_product_logits",
            "graph_attention", "key_centre", "key_sqnorm", "l2_attention", "l2_logits",
            "masked_softmax_attend", "split_heads"]

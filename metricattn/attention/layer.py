@@ -29,9 +29,19 @@ Value maps (`value_map`):
              kernel only. The value map makes the layer Lipschitz (their Theorem 3.2).
 `VARIANTS` names a kind with a non-default value map for config arguments and the
 registry's grids: `l2_lipschitz` is kind l2 with value map lipschitz.
+
+What differs between kinds is decided here and nowhere else: `KIND_SPECS` (distance or dot
+logits, one tied projection for queries and keys, the metric MLP g), read through the layer
+(`Attention.distance`, `shares_qk_projection`, `logits`, and the incremental decoding cache:
+`init_cache`, `decode_step`, `memory_cache`, `attend_memory`). Model families build their
+layers from their `config.model` with `AttentionOptions.from_config` (kind and value map,
+scale, kernel implementation, dtype), so an option reaches every family at once.
 """
 
 from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -40,7 +50,21 @@ from flax import nnx
 from metricattn.attention import kernels as attn_lib
 from metricattn.errors import UserError
 
-KINDS = ("softmax", "l2", "metric")
+
+@dataclasses.dataclass(frozen=True)
+class KindSpec:
+  """What an attention kind is made of."""
+  distance: bool    # logits -scale ||q - k||^2 (the l2 kernels), else scale q . k
+  tied: bool        # self-attention: one projection P for queries and keys
+  metric_mlp: bool  # the MLP g after the projection
+
+
+KIND_SPECS = {
+    "softmax": KindSpec(distance=False, tied=False, metric_mlp=False),
+    "l2": KindSpec(distance=True, tied=True, metric_mlp=False),
+    "metric": KindSpec(distance=True, tied=True, metric_mlp=True),
+}
+KINDS = tuple(KIND_SPECS)
 VALUE_MAPS = ("linear", "lipschitz")
 VARIANTS = {"l2_lipschitz": ("l2", "lipschitz")}  # name -> (kind, value map)
 
@@ -75,6 +99,62 @@ def check_value_map(value_map: str, kind: str, cross: bool = False) -> str:
     raise UserError(f"value_map=lipschitz needs l2 self-attention (Kim et al. 2021); got "
                     f"{'cross-attention' if cross else 'kind ' + repr(kind)}")
   return value_map
+
+
+# model.dtype -> the `dtype=` of the Flax layers (None: float32 in, float32 out, as before
+# the field existed).
+DTYPES = {"float32": None, "bfloat16": jnp.bfloat16}
+
+
+def compute_dtype(model_config):
+  """The Flax layers' `dtype=` for `model_config.dtype`: None (float32, also for configs
+  without the field: runs made before it) or jnp.bfloat16; UserError for another name."""
+  name = model_config.get("dtype", "float32")
+  if name not in DTYPES:
+    raise UserError(f"unknown model.dtype {name!r}; allowed: {', '.join(DTYPES)}")
+  return DTYPES[name]
+
+
+@dataclasses.dataclass(frozen=True)
+class AttentionOptions:
+  """The options every attention layer of a model shares, read from its `config.model` by
+  `from_config`, the one place for every model family; `layer` builds an `Attention` with
+  them and the family's sizes. Defaults (fields a config lacks) are the behaviour before
+  the field existed."""
+  kind: str
+  value_map: str = "linear"
+  scale: float | None = None
+  implementation: str | None = None  # "xla" | "blockwise" | "cudnn"; None chooses per call
+  dtype: Any = None                  # the layers' computation dtype: None or jnp.bfloat16
+
+  # the config.model fields read by from_config
+  CONFIG_FIELDS: ClassVar[tuple[str, ...]] = ("attention", "value_map", "scale",
+                                              "implementation", "dtype")
+
+  def __post_init__(self):  # the errors of a bad option also for a model with no attention
+    check_kind(self.kind)
+    check_value_map(self.value_map, self.kind)
+    attn_lib.check_implementation(self.implementation)
+
+  @classmethod
+  def from_config(cls, model_config) -> AttentionOptions:
+    """`attention` a kind or a variant (VARIANTS: l2_lipschitz), `value_map`, `scale`,
+    `implementation` and `dtype` ("float32" | "bfloat16") of a `config.model`."""
+    m = model_config
+    kind, value_map = parse_attention(m.attention)
+    if value_map == "linear":
+      value_map = m.get("value_map", "linear")
+    return cls(kind, value_map, scale=m.get("scale"), implementation=m.get("implementation"),
+               dtype=compute_dtype(m))
+
+  def layer(self, in_features: int, *, rngs: nnx.Rngs, cross: bool = False,
+            **sizes) -> Attention:
+    """An `Attention` with these options; `sizes` are its other arguments (num_heads,
+    qk_features, v_features, ...). Cross-attention always has the linear value map."""
+    return Attention(in_features, kind=self.kind, scale=self.scale,
+                     value_map="linear" if cross else self.value_map,
+                     implementation=self.implementation, dtype=self.dtype, cross=cross,
+                     rngs=rngs, **sizes)
 
 
 def split_heads(x: jax.Array, num_heads: int) -> jax.Array:
@@ -133,7 +213,8 @@ class Attention(nnx.Module):
       raise UserError(
           f"value width {v_features} does not divide into {num_heads} heads; "
           "choose v_features a multiple of num_heads")
-    if kind == "metric" and d_mlp < 1:
+    spec = KIND_SPECS[kind]
+    if spec.metric_mlp and d_mlp < 1:
       raise UserError("metric attention needs d_mlp >= 1 (hidden width of its MLP g)")
     kv_features = kv_features or in_features
     self.num_heads = num_heads
@@ -141,13 +222,23 @@ class Attention(nnx.Module):
     self.dtype = dtype
     linear = lambda i, o: nnx.Linear(i, o, use_bias=use_bias, dtype=dtype, rngs=rngs)
     self.q_proj = linear(in_features, qk_features)
-    tied = kind != "softmax" and not cross
     # l2/metric self-attention: one P for both sides (the same module object).
-    self.k_proj = self.q_proj if tied else linear(kv_features, qk_features)
-    self.g = MetricMLP(qk_features, d_mlp, rngs=rngs, dtype=dtype) if kind == "metric" else None
+    self.k_proj = (self.q_proj if spec.tied and not cross
+                   else linear(kv_features, qk_features))
+    self.g = MetricMLP(qk_features, d_mlp, rngs=rngs, dtype=dtype) if spec.metric_mlp else None
     self.v_proj = linear(kv_features, v_features) if v_features else None
     v_width = v_features or kv_features
     self.out_proj = linear(v_width, out_features) if out_features else None
+
+  @property
+  def distance(self) -> bool:
+    """True for distance logits -scale ||q - k||^2 (l2, metric), False for scale q . k."""
+    return KIND_SPECS[self.kind].distance
+
+  @property
+  def shares_qk_projection(self) -> bool:
+    """True when queries and keys come from one projection (l2/metric self-attention)."""
+    return self.k_proj is self.q_proj
 
   # The pieces, exposed so that decoders can cache keys and values.
   def queries(self, x: jax.Array) -> jax.Array:
@@ -188,13 +279,67 @@ class Attention(nnx.Module):
              k_sqnorm: jax.Array | None = None,
              k_centre: jax.Array | None = None) -> jax.Array:
     """Kernel plus output projection: [b, q_len, heads, v_dim] -> [b, q_len, out]."""
-    if self.kind == "softmax":
-      o = attn_lib.dot_product_attention(q, k, v, mask=mask, scale=self.scale,
-                                         implementation=self.implementation)
-    else:
+    if self.distance:
       o = attn_lib.l2_attention(q, k, v, mask=mask, scale=self.scale, k_sqnorm=k_sqnorm,
                                 k_centre=k_centre, implementation=self.implementation)
+    else:
+      o = attn_lib.dot_product_attention(q, k, v, mask=mask, scale=self.scale,
+                                         implementation=self.implementation)
     return self.combine(o)
+
+  def logits(self, q: jax.Array, k: jax.Array) -> jax.Array:
+    """The kind's float32 logits [b, heads, q_len, kv_len] of q and k (no mask)."""
+    fn = attn_lib.l2_logits if self.distance else attn_lib.dot_product_logits
+    return fn(q, k, scale=self.scale)
+
+  # Incremental decoding. A cache is a dict of arrays with the examples on axis 0 (beam
+  # search reorders it): keys "k" [b, len, heads, head_dim] and values "v" [b, len, heads,
+  # v_dim]; for distance logits also the keys' squared norms "k_sq" [b, len, heads] about a
+  # centre, kept with them: the mean key "k_c" [b, 1, heads, head_dim] (the kernel's own) in a
+  # memory cache, the first key in a self-attention cache filled position by position.
+  def init_cache(self, batch: int, max_len: int) -> dict:
+    """Self-attention cache for `max_len` positions, all zeros: keys and values in the
+    activations' dtype, the squared norms in float32."""
+    heads = self.num_heads
+    k_dim = self.q_proj.out_features // heads
+    v_dim = (self.v_proj.out_features // heads if self.v_proj is not None
+             else self.q_proj.in_features)
+    dtype = self.dtype or jnp.float32
+    cache = {"k": jnp.zeros((batch, max_len, heads, k_dim), dtype),
+             "v": jnp.zeros((batch, max_len, heads, v_dim), dtype)}
+    if self.distance:
+      cache["k_sq"] = jnp.zeros((batch, max_len, heads), jnp.float32)
+    return cache
+
+  def decode_step(self, x: jax.Array, t: jax.Array, cache: dict) -> tuple[jax.Array, dict]:
+    """Causal self-attention of position t: x [b, 1, in] -> ([b, 1, out], the cache with
+    position t written); attends to positions 0..t."""
+    k_new = self.keys(x)
+    put = lambda buf, new: jax.lax.dynamic_update_slice_in_dim(buf, new.astype(buf.dtype), t, 1)
+    cache = dict(cache, k=put(cache["k"], k_new), v=put(cache["v"], self.values(x)))
+    centre = None
+    if self.distance:  # norms about a centre fixed per sequence: the first key (t = 0)
+      centre = cache["k"][:, :1]
+      cache["k_sq"] = put(cache["k_sq"], attn_lib.key_sqnorm(k_new, centre))
+    mask = (jnp.arange(cache["k"].shape[1]) <= t)[None, None, None, :]
+    y = self.attend(self.queries(x), cache["k"], cache["v"], mask,
+                    k_sqnorm=cache.get("k_sq"), k_centre=centre)
+    return y, cache
+
+  def memory_cache(self, y: jax.Array) -> dict:
+    """Cache of a fixed key/value input y [b, kv_len, kv_in] (a decoder's encoder memory)."""
+    k = self.keys(y)
+    cache = {"k": k, "v": self.values(y)}
+    if self.distance:
+      cache["k_c"] = attn_lib.key_centre(k)
+      cache["k_sq"] = attn_lib.key_sqnorm(k, cache["k_c"])
+    return cache
+
+  def attend_memory(self, x: jax.Array, cache: dict,
+                    mask: jax.Array | None = None) -> jax.Array:
+    """Queries of x [b, q_len, in] over a `memory_cache` -> [b, q_len, out]."""
+    return self.attend(self.queries(x), cache["k"], cache["v"], mask,
+                       k_sqnorm=cache.get("k_sq"), k_centre=cache.get("k_c"))
 
   def combine(self, o: jax.Array) -> jax.Array:
     """Heads to features: [..., heads, v_dim] -> [..., out] (mean of the heads without a value
@@ -210,8 +355,12 @@ class Attention(nnx.Module):
     receivers/senders int32 [edges] (node receivers[e] attends to node senders[e]) ->
     [nodes, out]. Same projections and logits as __call__ with the adjacency as mask."""
     from metricattn.attention.graph import graph_attention
+    if self.implementation is not None:
+      raise UserError("graph-masked attention has one implementation, the sparse edge kernel "
+                      f"(attention/graph.py); got implementation {self.implementation!r}: "
+                      "leave model.implementation unset")
     q, k, v = self.queries(x[None])[0], self.keys(x[None])[0], self.values(x[None])[0]
-    o = graph_attention(q, k, v, receivers, senders, distance=self.kind != "softmax",
+    o = graph_attention(q, k, v, receivers, senders, distance=self.distance,
                         scale=self.scale)
     return self.combine(o)
 

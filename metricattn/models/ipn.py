@@ -11,6 +11,12 @@ layer norm, as the paper describes it. Those are config options.
 (metricattn/attention/layer.py): the block becomes `H_new = S H_old A` with
 A = P P^T / sqrt(d_Q / num_heads) from the block's query/key projection P, in place of the identity
 value map (and in front of the value projection when `projections` is on).
+
+The attention options (kind and value map, scale, `implementation`, `dtype`) are read by
+`AttentionOptions.from_config` (metricattn/attention/layer.py), as for every model family;
+configs without `implementation` or `dtype` get None (the kernels choose) and float32.
+`dtype` "bfloat16" computes every layer in bfloat16 (parameters stay float32; the task casts
+the logits to float32). The graph-masked path has one kernel: it refuses an implementation.
 """
 
 from __future__ import annotations
@@ -20,19 +26,19 @@ import math
 import jax
 from flax import nnx
 
-from metricattn.attention import Attention
+from metricattn.attention import AttentionOptions
 
 
 class PropagationBlock(nnx.Module):
 
-  def __init__(self, width: int, *, kind: str, num_heads: int, qk_dim: int, d_mlp: int,
-               scale: float | None, residual: bool, layer_norm: bool, projections: bool,
-               rngs: nnx.Rngs, value_map: str = "linear"):
-    self.attn = Attention(width, kind=kind, num_heads=num_heads, qk_features=qk_dim,
-                          d_mlp=d_mlp, scale=scale, value_map=value_map,
-                          v_features=width if projections else None,
-                          out_features=width if projections else None, rngs=rngs)
-    self.norm = nnx.LayerNorm(width, rngs=rngs) if layer_norm else None
+  def __init__(self, width: int, *, attention: AttentionOptions, num_heads: int, qk_dim: int,
+               d_mlp: int, residual: bool, layer_norm: bool, projections: bool,
+               rngs: nnx.Rngs):
+    self.attn = attention.layer(width, num_heads=num_heads, qk_features=qk_dim, d_mlp=d_mlp,
+                                v_features=width if projections else None,
+                                out_features=width if projections else None, rngs=rngs)
+    self.norm = (nnx.LayerNorm(width, dtype=attention.dtype, rngs=rngs) if layer_norm
+                 else None)
     self.residual = residual
 
   def __call__(self, h: jax.Array, mask: jax.Array | None, graph=None) -> jax.Array:
@@ -49,17 +55,17 @@ class PropagationBlock(nnx.Module):
 class IPN(nnx.Module):
   """IPN classifier over a set: x [n, in_dim] (one set of n examples) -> logits [n, classes]."""
 
-  def __init__(self, in_dim: int, num_classes: int, *, width: int, depth: int, kind: str,
-               num_heads: int, qk_dim: int, d_mlp: int, scale: float | None,
-               residual: bool, layer_norm: bool, projections: bool, rngs: nnx.Rngs,
-               value_map: str = "linear"):
-    self.embed = nnx.Linear(in_dim, width, rngs=rngs)
+  def __init__(self, in_dim: int, num_classes: int, *, width: int, depth: int,
+               attention: AttentionOptions, num_heads: int, qk_dim: int, d_mlp: int,
+               residual: bool, layer_norm: bool, projections: bool, rngs: nnx.Rngs):
+    dtype = attention.dtype
+    self.embed = nnx.Linear(in_dim, width, dtype=dtype, rngs=rngs)
     self.blocks = nnx.List([
-        PropagationBlock(width, kind=kind, num_heads=num_heads, qk_dim=qk_dim, d_mlp=d_mlp,
-                         scale=scale, residual=residual, layer_norm=layer_norm,
-                         projections=projections, value_map=value_map, rngs=rngs)
+        PropagationBlock(width, attention=attention, num_heads=num_heads, qk_dim=qk_dim,
+                         d_mlp=d_mlp, residual=residual, layer_norm=layer_norm,
+                         projections=projections, rngs=rngs)
         for _ in range(depth)])
-    self.head = nnx.Linear(width, num_classes, rngs=rngs)
+    self.head = nnx.Linear(width, num_classes, dtype=dtype, rngs=rngs)
 
   def __call__(self, x: jax.Array, mask: jax.Array | None = None, *, receivers=None,
                senders=None, faces=None, train: bool = False, rngs=None) -> jax.Array:
@@ -80,6 +86,6 @@ def from_config(m, info: dict, rngs: nnx.Rngs) -> IPN:
   """Builds the IPN from `config.model` and the dataset's info (input_shape, num_classes);
   runs written before `model.value_map` existed have the linear value map."""
   return IPN(math.prod(info["input_shape"]), info["num_classes"], width=m.width,
-             depth=m.depth, kind=m.attention, num_heads=m.num_heads, qk_dim=m.qk_dim,
-             d_mlp=m.d_mlp, scale=m.scale, residual=m.residual, layer_norm=m.layer_norm,
-             projections=m.projections, value_map=m.get("value_map", "linear"), rngs=rngs)
+             depth=m.depth, attention=AttentionOptions.from_config(m), num_heads=m.num_heads,
+             qk_dim=m.qk_dim, d_mlp=m.d_mlp, residual=m.residual, layer_norm=m.layer_norm,
+             projections=m.projections, rngs=rngs)

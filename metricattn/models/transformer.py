@@ -59,17 +59,13 @@ import jax.numpy as jnp
 from flax import nnx
 from ml_collections import ConfigDict
 
-from metricattn import attention as attn_lib
 from metricattn.errors import UserError
-from metricattn.attention import Attention
+from metricattn.attention import Attention, AttentionOptions, compute_dtype
 from metricattn.models.dropout import Dropout
 
 PAD = 0
 NORMS = ("post", "pre")
 POSITIONS = ("sinusoidal", "learned")
-# model.dtype -> the `dtype=` of the Flax layers (None: float32 in, float32 out, as before
-# the field existed).
-DTYPES = {"float32": None, "bfloat16": jnp.bfloat16}
 
 
 def check(h: ConfigDict) -> None:
@@ -82,14 +78,7 @@ def check(h: ConfigDict) -> None:
         f"unknown model.positions {h.positions!r}; allowed: {', '.join(POSITIONS)}")
   if not 0.0 <= h.dropout < 1.0:
     raise UserError(f"model.dropout must be in [0, 1); got {h.dropout}")
-  if h.get("dtype", "float32") not in DTYPES:
-    raise UserError(f"unknown model.dtype {h.dtype!r}; allowed: {', '.join(DTYPES)}")
-
-
-def compute_dtype(h: ConfigDict):
-  """The Flax layers' `dtype=` for `h.dtype` (checked by `check`): None or jnp.bfloat16."""
-  # .get: the configs of runs made before the field existed lack it
-  return DTYPES[h.get("dtype", "float32")]
+  compute_dtype(h)  # UserError for an unknown model.dtype
 
 
 class DropoutKeys:
@@ -187,14 +176,11 @@ class FeedForward(nnx.Module):
 
 
 def make_attention(h: ConfigDict, *, cross: bool, rngs: nnx.Rngs) -> Attention:
-  """An attention block; self-attention takes `h.value_map` where the config has one (the
-  encoder classifier's), cross-attention always the linear value map."""
-  value_map = "linear" if cross else h.get("value_map", "linear")
-  return Attention(h.d_model, kind=h.attention, num_heads=h.num_heads, qk_features=h.qk_dim,
-                   v_features=h.d_model, out_features=h.d_model, d_mlp=h.d_mlp,
-                   scale=h.scale, cross=cross, value_map=value_map, rngs=rngs,
-                   # .get: the configs of runs made before the field existed lack it
-                   implementation=h.get("implementation"), dtype=compute_dtype(h))
+  """An attention block with the options of `h` (AttentionOptions.from_config); cross-attention
+  always has the linear value map."""
+  return AttentionOptions.from_config(h).layer(
+      h.d_model, num_heads=h.num_heads, qk_features=h.qk_dim, v_features=h.d_model,
+      out_features=h.d_model, d_mlp=h.d_mlp, cross=cross, rngs=rngs)
 
 
 # ---------------------------------------------------------------- layers
@@ -236,51 +222,13 @@ class DecoderLayer(nnx.Module):
     y = self.ff(self.res_ff.inp(x), train=train, key=keys())
     return self.res_ff.out(x, y, train=train, key=keys())
 
-  def memory_cache(self, memory: jax.Array) -> dict:
-    """Cross-attention keys [b, S, h, dh], values [b, S, h, dv]; for l2/metric also the
-    mean key [b, 1, h, dh] (the kernel's own centre) and the centred keys' squared norms."""
-    a = self.cross_attn
-    k = a.keys(memory)
-    cache = {"k": k, "v": a.values(memory)}
-    if a.kind != "softmax":
-      cache["k_c"] = attn_lib.key_centre(k)
-      cache["k_sq"] = attn_lib.key_sqnorm(k, cache["k_c"])
-    return cache
-
-  def empty_cache(self, batch: int, max_len: int) -> dict:
-    """Self-attention cache for `max_len` positions, all zeros: keys and values in the
-    activations' dtype, the squared norms (l2/metric) in float32."""
-    a = self.self_attn
-    heads = a.num_heads
-    k_dim = a.q_proj.out_features // heads
-    v_dim = a.v_proj.out_features // heads
-    dtype = a.dtype or jnp.float32
-    cache = {"k": jnp.zeros((batch, max_len, heads, k_dim), dtype),
-             "v": jnp.zeros((batch, max_len, heads, v_dim), dtype)}
-    if a.kind != "softmax":
-      cache["k_sq"] = jnp.zeros((batch, max_len, heads), jnp.float32)
-    return cache
-
   def step(self, x: jax.Array, t: jax.Array, cache: dict, memory_cache: dict,
            cross_mask: jax.Array) -> tuple[jax.Array, dict]:
-    """One position: x [b, 1, d] at position t -> ([b, 1, d], updated self-attention cache)."""
-    a = self.self_attn
-    hin = self.res_self.inp(x)
-    k_new = a.keys(hin)
-    put = lambda buf, new: jax.lax.dynamic_update_slice_in_dim(buf, new.astype(buf.dtype), t, 1)
-    cache = dict(cache, k=put(cache["k"], k_new), v=put(cache["v"], a.values(hin)))
-    # l2/metric: norms about a centre fixed per sequence, the first key (written at t = 0).
-    centre = cache["k"][:, :1] if "k_sq" in cache else None
-    if centre is not None:
-      cache["k_sq"] = put(cache["k_sq"], attn_lib.key_sqnorm(k_new, centre))
-    mask = (jnp.arange(cache["k"].shape[1]) <= t)[None, None, None, :]
-    y = a.attend(a.queries(hin), cache["k"], cache["v"], mask, k_sqnorm=cache.get("k_sq"),
-                 k_centre=centre)
+    """One position: x [b, 1, d] at position t -> ([b, 1, d], updated self-attention cache);
+    the caches are the attention layers' (Attention.init_cache, memory_cache)."""
+    y, cache = self.self_attn.decode_step(self.res_self.inp(x), t, cache)
     x = self.res_self.out(x, y, train=False, key=None)
-    c = self.cross_attn
-    m = memory_cache
-    y = c.attend(c.queries(self.res_cross.inp(x)), m["k"], m["v"], cross_mask,
-                 k_sqnorm=m.get("k_sq"), k_centre=m.get("k_c"))
+    y = self.cross_attn.attend_memory(self.res_cross.inp(x), memory_cache, cross_mask)
     x = self.res_cross.out(x, y, train=False, key=None)
     y = self.ff(self.res_ff.inp(x), train=False, key=None)
     return self.res_ff.out(x, y, train=False, key=None), cache
@@ -392,8 +340,8 @@ class Transformer(nnx.Module):
     """(self-attention caches for max_len positions, cross-attention memory caches)."""
     check_length(max_len, self.max_len)
     layers = self.decoder.layers
-    return ([layer.empty_cache(memory.shape[0], max_len) for layer in layers],
-            [layer.memory_cache(memory) for layer in layers])
+    return ([layer.self_attn.init_cache(memory.shape[0], max_len) for layer in layers],
+            [layer.cross_attn.memory_cache(memory) for layer in layers])
 
   def step(self, token: jax.Array, t: jax.Array, caches: list[dict],
            memory_caches: list[dict], src: jax.Array) -> tuple[jax.Array, list[dict]]:

@@ -15,8 +15,9 @@ positions comes from the data set (`info["seq_len"]`, plus one for the class tok
 
 Config fields read by `from_config` (config.model.*): name ("transformer_encoder"),
 attention, value_map, num_layers, num_heads, d_model, qk_dim, d_mlp, d_ff, dropout, scale,
-norm, ln_eps, positions, scale_embeddings, dropout_rng, dtype (meanings:
-metricattn/models/transformer.py; value_map: metricattn/attention/layer.py), pool. Dataset
+norm, ln_eps, positions, scale_embeddings, dropout_rng, dtype, implementation (meanings:
+metricattn/models/transformer.py; the attention options, `AttentionOptions.CONFIG_FIELDS`:
+metricattn/attention/layer.py), pool. Dataset
 info: vocab_size, num_classes, seq_len. With dtype "bfloat16" the classifier's head computes
 in bfloat16 too; pooling is float32 and the task casts the logits to float32.
 """
@@ -28,8 +29,9 @@ import jax.numpy as jnp
 from flax import nnx
 from ml_collections import ConfigDict
 
+from metricattn.attention import AttentionOptions, compute_dtype
 from metricattn.errors import UserError
-from metricattn.models.transformer import PAD, Encoder, check, check_rngs, compute_dtype
+from metricattn.models.transformer import PAD, Encoder, check, check_rngs
 
 POOLS = ("cls", "mean")
 FIELDS = ("attention", "value_map", "num_layers", "num_heads", "d_model", "qk_dim", "d_mlp",
@@ -73,8 +75,9 @@ def from_config(m: ConfigDict, info: dict, rngs: nnx.Rngs) -> EncoderClassifier:
   """Builds the classifier from `config.model` (fields: module docstring) and the dataset's
   info (vocab_size, num_classes, seq_len)."""
   h = ConfigDict({k: m[k] for k in FIELDS})
+  # the other attention options where the config has them (implementation, dtype)
+  h.update({k: m[k] for k in AttentionOptions.CONFIG_FIELDS if k not in h and k in m})
   h.dropout_rng = m.get("dropout_rng", "threefry")  # runs made before the field: threefry
-  h.dtype = m.get("dtype", "float32")  # runs made before the field: float32
   h.max_len = int(info["seq_len"]) + (m.pool == "cls")
   return EncoderClassifier(info["vocab_size"], info["num_classes"], h, pool=m.pool,
                            rngs=rngs)

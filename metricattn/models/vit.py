@@ -35,6 +35,12 @@ Config fields read by `from_config` (config.model.*):
   scale      float or None   logit scale; None = 1/sqrt(head_dim); 1.0 = the paper's Alg. 1.
   pool       str    cls (class token) | mean (mean of the patch tokens, no class token).
   dropout    float  dropout rate on embeddings, attention outputs and the MLP (e.g. 0.0).
+  implementation, dtype   optional: the attention kernels' implementation (None chooses)
+                    and "float32" | "bfloat16" (every layer computes in bfloat16, the
+                    parameters stay float32), as for the Transformer; configs without
+                    them get None and float32.
+The attention options are read by `AttentionOptions.from_config`
+(metricattn/attention/layer.py), as for every model family.
 """
 
 from __future__ import annotations
@@ -46,7 +52,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from metricattn.errors import UserError
-from metricattn.attention import Attention
+from metricattn.attention import AttentionOptions
 
 POOLS = ("cls", "mean")
 
@@ -100,9 +106,9 @@ def _split(key: jax.Array | None, n: int) -> list[jax.Array | None]:
 class MLP(nnx.Module):
   """width -> mlp_dim (gelu, dropout) -> width (dropout)."""
 
-  def __init__(self, width: int, mlp_dim: int, dropout: float, *, rngs: nnx.Rngs):
-    self.fc1 = nnx.Linear(width, mlp_dim, rngs=rngs)
-    self.fc2 = nnx.Linear(mlp_dim, width, rngs=rngs)
+  def __init__(self, width: int, mlp_dim: int, dropout: float, *, rngs: nnx.Rngs, dtype=None):
+    self.fc1 = nnx.Linear(width, mlp_dim, dtype=dtype, rngs=rngs)
+    self.fc2 = nnx.Linear(mlp_dim, width, dtype=dtype, rngs=rngs)
     self.drop = nnx.Dropout(dropout)
 
   def __call__(self, x: jax.Array, *, train: bool, key: jax.Array | None) -> jax.Array:
@@ -115,16 +121,15 @@ class MLP(nnx.Module):
 class Block(nnx.Module):
   """Pre-LN encoder block: x + Dropout(Attention(LN(x))); x + MLP(LN(x))."""
 
-  def __init__(self, size: Size, *, kind: str, d_mlp: int, scale: float | None,
-               dropout: float, rngs: nnx.Rngs, value_map: str = "linear"):
-    w = size.width
-    self.norm1 = nnx.LayerNorm(w, rngs=rngs)
-    self.attn = Attention(w, kind=kind, num_heads=size.num_heads, qk_features=w,
-                          v_features=w, out_features=w, d_mlp=d_mlp, scale=scale,
-                          value_map=value_map, rngs=rngs)
+  def __init__(self, size: Size, *, attention: AttentionOptions, d_mlp: int, dropout: float,
+               rngs: nnx.Rngs):
+    w, dtype = size.width, attention.dtype
+    self.norm1 = nnx.LayerNorm(w, dtype=dtype, rngs=rngs)
+    self.attn = attention.layer(w, num_heads=size.num_heads, qk_features=w, v_features=w,
+                                out_features=w, d_mlp=d_mlp, rngs=rngs)
     self.drop = nnx.Dropout(dropout)
-    self.norm2 = nnx.LayerNorm(w, rngs=rngs)
-    self.mlp = MLP(w, size.mlp_dim, dropout, rngs=rngs)
+    self.norm2 = nnx.LayerNorm(w, dtype=dtype, rngs=rngs)
+    self.mlp = MLP(w, size.mlp_dim, dropout, rngs=rngs, dtype=dtype)
 
   def __call__(self, x: jax.Array, *, train: bool, key: jax.Array | None) -> jax.Array:
     """x [b, n, width] -> [b, n, width]."""
@@ -146,11 +151,15 @@ class ViT(nnx.Module):
     pool: "cls" or "mean".
     dropout: dropout rate.
     value_map: "linear" or "lipschitz" (l2 only).
+    implementation: the attention kernels' implementation; None chooses per call.
+    dtype: computation dtype of every layer, None (float32) or jnp.bfloat16.
+    kind, value_map, scale, implementation and dtype are the fields of `AttentionOptions`.
   """
 
   def __init__(self, image_shape: tuple[int, ...], num_classes: int, *, variant: str,
                kind: str, rngs: nnx.Rngs, d_mlp: int = 0, scale: float | None = None,
-               pool: str = "cls", dropout: float = 0.0, value_map: str = "linear"):
+               pool: str = "cls", dropout: float = 0.0, value_map: str = "linear",
+               implementation: str | None = None, dtype=None):
     if len(image_shape) != 3:
       raise UserError(f"the ViT needs images [H, W, C]; the dataset's inputs have shape "
                       f"{tuple(image_shape)}")
@@ -163,17 +172,18 @@ class ViT(nnx.Module):
     h, w, c = image_shape
     num_patches = (h // self.patch) * (w // self.patch)
     width, self.dropout = size.width, dropout
-    self.embed = nnx.Linear(self.patch * self.patch * c, width, rngs=rngs)
+    attention = AttentionOptions(kind, value_map, scale, implementation, dtype)
+    self.embed = nnx.Linear(self.patch * self.patch * c, width, dtype=dtype, rngs=rngs)
     self.cls = nnx.Param(jnp.zeros((1, 1, width))) if pool == "cls" else None
     num_tokens = num_patches + (pool == "cls")
     self.pos = nnx.Param(0.02 * jax.random.normal(rngs.params(), (1, num_tokens, width)))
     self.drop = nnx.Dropout(dropout)
     self.blocks = nnx.List([
-        Block(size, kind=kind, d_mlp=d_mlp or width, scale=scale, dropout=dropout,
-              value_map=value_map, rngs=rngs)
+        Block(size, attention=attention, d_mlp=d_mlp or width, dropout=dropout, rngs=rngs)
         for _ in range(size.depth)])
-    self.norm = nnx.LayerNorm(width, rngs=rngs)
-    self.head = nnx.Linear(width, num_classes, kernel_init=nnx.initializers.zeros, rngs=rngs)
+    self.norm = nnx.LayerNorm(width, dtype=dtype, rngs=rngs)
+    self.head = nnx.Linear(width, num_classes, kernel_init=nnx.initializers.zeros, dtype=dtype,
+                           rngs=rngs)
 
   def __call__(self, x: jax.Array, mask: jax.Array | None = None, *, train: bool = False,
                rngs: jax.Array | None = None) -> jax.Array:
@@ -186,8 +196,9 @@ class ViT(nnx.Module):
     keys = _split(rngs if use_keys else None, len(self.blocks) + 1)
     t = self.embed(patchify(x, self.patch))
     if self.cls is not None:
-      t = jnp.concatenate([jnp.broadcast_to(self.cls[...], (t.shape[0], 1, t.shape[-1])), t], 1)
-    t = self.drop(t + self.pos[...], deterministic=not train, rngs=keys[0])
+      cls = self.cls[...].astype(t.dtype)
+      t = jnp.concatenate([jnp.broadcast_to(cls, (t.shape[0], 1, t.shape[-1])), t], 1)
+    t = self.drop(t + self.pos[...].astype(t.dtype), deterministic=not train, rngs=keys[0])
     for block, key in zip(self.blocks, keys[1:]):
       t = block(t, train=train, key=key)
     t = self.norm(t)
@@ -198,5 +209,5 @@ def from_config(m, info: dict, rngs: nnx.Rngs) -> ViT:
   """Builds the ViT from `config.model` (fields: module docstring) and the dataset's info;
   runs written before `model.value_map` existed have the linear value map."""
   return ViT(tuple(info["input_shape"]), info["num_classes"], variant=m.variant,
-             kind=m.attention, d_mlp=int(m.d_mlp), scale=m.scale, pool=m.pool,
-             dropout=float(m.dropout), value_map=m.get("value_map", "linear"), rngs=rngs)
+             d_mlp=int(m.d_mlp), pool=m.pool, dropout=float(m.dropout), rngs=rngs,
+             **dataclasses.asdict(AttentionOptions.from_config(m)))

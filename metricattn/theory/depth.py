@@ -26,7 +26,6 @@ from flax import nnx
 from scipy.sparse.csgraph import connected_components
 from scipy.spatial.distance import pdist, squareform
 
-from metricattn import attention as attn_lib
 from metricattn.attention import Attention
 
 
@@ -45,11 +44,7 @@ def blob_data(n: int, dim: int, seed: int, blobs: int = 6, width: float = 0.25) 
 
 def attention_matrix(layer: Attention, h: jax.Array) -> jax.Array:
   """The one-head attention matrix S of `layer` on h [1, n, d], [n, n] float32."""
-  q, k = layer.queries(h), layer.keys(h)
-  if layer.kind == "softmax":
-    logits = attn_lib.dot_product_logits(q, k, scale=layer.scale)
-  else:
-    logits = attn_lib.l2_logits(q, k, scale=layer.scale)
+  logits = layer.logits(layer.queries(h), layer.keys(h))
   return jax.nn.softmax(logits, axis=-1)[0, 0]
 
 
