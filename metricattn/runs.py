@@ -1,11 +1,13 @@
-"""The run directory: what a workdir holds, and reading and writing it safely.
+"""The run layout: what a workdir holds, how a root of runs is laid out, and the run lock.
 
 A run's workdir holds config.json (the config it trains with), metrics.jsonl (one record per
 logged step and evaluation), summary.json (written once, when the run has finished),
 checkpoints/ (orbax; for vmapped seeds the group directory holds them and each seed has
 its own workdir `seed=N/`), log.txt when a sweep started it, .lock (the pid training in it),
 config_changes.jsonl (settings changed on resume) and corrupt_checkpoints/ (unreadable
-checkpoints moved aside, never deleted).
+checkpoints moved aside, never deleted). This module is the only one that spells the layout
+(`seed=N`, `KEY=VALUE` point directories, experiment.json) and imports no trainer: restoring
+a model from a run is `metricattn.restore`, writing files is `metricattn.fileio`.
 """
 
 from __future__ import annotations
