@@ -74,7 +74,7 @@ def evaluate_workdir(workdir: str | Path, step: str = "latest",
 
 
 def main(argv: list[str] | None = None) -> int:
-  p = argparse.ArgumentParser(description="Evaluate a run's checkpoint.")
+  p = argparse.ArgumentParser(prog="python -m metricattn.evaluate", description="Evaluate a run's checkpoint.")
   p.add_argument("--workdir", required=True, type=Path)
   p.add_argument("--step", default="latest",
                  help="latest, best (on the val split) or a step number")

@@ -194,9 +194,12 @@ def list_experiments() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p = argparse.ArgumentParser(prog="python -m metricattn.experiment", description=__doc__.split("\n")[0])
   p.add_argument("name", nargs="?", help=f"one of {', '.join(registry.EXPERIMENTS)}")
-  p.add_argument("--budget", default="quick", help="full, quick or test")
+  budgets = dict.fromkeys(b for e in registry.EXPERIMENTS.values() for b in e.budgets)
+  p.add_argument("--budget", default="quick",
+                 help=f"one of the experiment's budgets ({', '.join(budgets)}; `--list` shows "
+                 "which each experiment has)")
   p.add_argument("--root", type=Path, default=None,
                  help="where the runs go (default runs/experiments/NAME/BUDGET)")
   p.add_argument("--jobs", type=int, default=None, help="processes in parallel")

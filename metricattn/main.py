@@ -51,7 +51,12 @@ flags.mark_flags_as_required(["config", "workdir"])
 def parse_flags(argv: list[str]) -> list[str]:
   """absl flag parsing with one-line errors (bad flag, bad config argument or override)."""
   try:
-    rest = flags.FLAGS(argv)
+    try:
+      rest = flags.FLAGS(argv)
+    except SystemExit:  # absl exits 1 after printing --help; help is not an error
+      if any(a.lstrip("-") in ("help", "h", "helpshort", "helpfull", "?") for a in argv[1:]):
+        sys.exit(0)
+      raise
     flags.FLAGS["config"].value.get("seed")  # the config file loads lazily: load it now
     return rest
   except UserError as e:

@@ -45,7 +45,7 @@ from metricattn.errors import UserError
 
 
 def main(argv: list[str] | None = None) -> int:
-  p = argparse.ArgumentParser(description="Write ROOT/report.md from the runs under ROOT.")
+  p = argparse.ArgumentParser(prog="python -m metricattn.report", description="Write ROOT/report.md from the runs under ROOT.")
   p.add_argument("root", type=Path)
   p.add_argument("--target", type=float, default=None,
                  help="metric value for 'steps to target' (default: ROOT/experiment.json's)")

@@ -31,7 +31,7 @@ def floats(text: str) -> tuple[float, ...]:
 
 
 def main(argv: list[str] | None = None) -> int:
-  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p = argparse.ArgumentParser(prog="python -m metricattn.robustness", description=__doc__.split("\n")[0])
   p.add_argument("--workdir", required=True, type=Path, help="a run, or a root of runs")
   p.add_argument("--split", default="test")
   p.add_argument("--sigmas", type=floats, default=SIGMAS, help="comma-separated")

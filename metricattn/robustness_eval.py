@@ -53,9 +53,10 @@ def evaluate_run(workdir: Path, settings: Settings, force: bool = False) -> dict
   wanted = dataclasses.asdict(settings)
   if out.exists() and not force:
     old = json.loads(out.read_text())
+    refuse_other_settings(out, old.get("settings"), settings)
     summary = workdir / "summary.json"
     step = json.loads(summary.read_text()).get("step") if summary.exists() else None
-    if old.get("settings") == json.loads(json.dumps(wanted)) and old.get("step") == step:
+    if old.get("step") == step:
       return {**old, "workdir": str(workdir)}  # same settings and checkpoint; the root
       # may have moved since (its runs are grouped by where they are now)
   config, data, graphdef, params, step = restore_run(workdir)
@@ -94,6 +95,30 @@ def table(agg: dict, attack: str, label: str) -> list[str]:
   return markdown_table([label, *names], rows)
 
 
+def command_flags(settings: Settings) -> list[str]:
+  """The `python -m metricattn.robustness` flags that give `settings`."""
+  default = Settings()
+  join = lambda values: ",".join(f"{v:g}" for v in values)
+  flags = [] if settings.split == default.split else [f"--split={settings.split}"]
+  flags += [f"--sigmas={join(settings.sigmas)}", f"--eps={join(settings.epsilons)}",
+            f"--pgd-steps={settings.pgd_steps}"]
+  return flags + ([f"--max-examples={settings.max_examples}"] if settings.max_examples else [])
+
+
+def refuse_other_settings(path: Path, recorded: dict | None, settings: Settings) -> None:
+  """A UserError when `path` holds results made with other settings than `settings`: a
+  rerun with another grid never overwrites them silently."""
+  if recorded is None or recorded == json.loads(json.dumps(dataclasses.asdict(settings))):
+    return
+  try:
+    made = " ".join(command_flags(Settings(**{**recorded, "sigmas": tuple(recorded["sigmas"]),
+                                              "epsilons": tuple(recorded["epsilons"])})))
+  except (TypeError, KeyError):
+    made = "other settings"
+  raise UserError(f"{path} was made with {made}, not {' '.join(command_flags(settings))}; "
+                  "rerun with its flags, or pass --force to replace it")
+
+
 def labels(settings: Settings) -> list[tuple[str, str]]:
   return [("noise", "sigma"), ("fgsm", "FGSM eps"), ("pgd", f"PGD-{settings.pgd_steps} eps")]
 
@@ -111,7 +136,8 @@ def write_root_report(root: Path, results: list[dict], settings: Settings) -> st
   lines = ["# Robustness", "",
            f"Accuracy on the first {n} examples of the `{settings.split}` split under "
            f"Gaussian input noise and FGSM / PGD-{settings.pgd_steps} L-infinity attacks "
-           f"(`python -m metricattn.robustness --workdir={root}`); strengths in {units}. "
+           f"(`python -m metricattn.robustness --workdir={root} "
+           f"{' '.join(command_flags(settings))}`); strengths in {units}. "
            "Mean ± std over seeds; only evaluated points are perturbed.", ""]
   for attack, label in labels(settings):
     lines += table(agg, attack, label) + [""]
@@ -149,6 +175,10 @@ def run(workdir: Path, settings: Settings, force: bool = False) -> str:
     for attack, label in labels(settings):
       lines += table(agg, attack, label) + [""]
     return "\n".join(lines) + f"wrote {workdir / 'robustness.json'}"
+  if not force:
+    refuse_other_settings(workdir / "robustness.json",
+                          (read_json(workdir / "robustness.json") or {}).get("settings"),
+                          settings)
   runs = find_runs(workdir)
   if not runs:
     raise UserError(f"{workdir} holds no finished classification run (config.json and "

@@ -34,7 +34,7 @@ from metricattn.study.launch import run_study
 
 
 def main(argv: list[str] | None = None) -> int:
-  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p = argparse.ArgumentParser(prog="python -m metricattn.sweep", description=__doc__.split("\n")[0])
   p.add_argument("--config", required=True, help="config file, optionally with :args")
   p.add_argument("--grid", nargs="*", default=[],
                  help="key=v1,v2: config arguments (key) or any config value (a.b)")

@@ -34,7 +34,7 @@ def test_single_run_clean_monotone_and_pgd_stronger(tmp_path):
   assert "input coordinates" in r["units"]
 
 
-def test_vmapped_runs_under_a_root(tmp_path):
+def test_vmapped_runs_under_a_root(tmp_path, capsys):
   config = tiny_moons(train__steps=100, train__eval_every=100, train__checkpoint_every=100)
   summaries = train_seeds(config, [0, 1], tmp_path / "attention=metric")
   assert robustness.main([f"--workdir={tmp_path}", "--sigmas=0,0.3", "--eps=0,0.2",
@@ -46,6 +46,15 @@ def test_vmapped_runs_under_a_root(tmp_path):
   assert (tmp_path / "robustness.png").read_bytes()[:4] == b"\x89PNG"
   text = (tmp_path / "robustness.md").read_text()
   assert "| FGSM eps | attention=metric |" in text and "](robustness.png)" in text
+  # The report cites the command with its flags; another grid never overwrites it silently.
+  assert (f"`python -m metricattn.robustness --workdir={tmp_path} --sigmas=0,0.3 --eps=0,0.2 "
+          "--pgd-steps=3`") in text
+  assert robustness.main([f"--workdir={tmp_path}", "--sigmas=0,0.5", "--eps=0,0.2",
+                          "--pgd-steps=3"]) == 2
+  assert (f"error: {tmp_path / 'robustness.json'} was made with --sigmas=0,0.3 --eps=0,0.2 "
+          "--pgd-steps=3, not --sigmas=0,0.5 --eps=0,0.2 --pgd-steps=3; rerun with its flags, "
+          "or pass --force to replace it") in capsys.readouterr().err
+  assert (tmp_path / "robustness.md").read_text() == text
   moved = tmp_path / "moved"   # a root moved elsewhere reuses its runs' robustness.json
   moved.mkdir()
   (tmp_path / "attention=metric").rename(moved / "attention=metric")

@@ -44,7 +44,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
       usage="%(prog)s [-h] [--out OUT] [--quick] [--seed SEED] [--block BLOCK]\n"
             "       %(prog)s trained [-h] [--runs ROOT] [--budget BUDGET] [--out OUT]",
       epilog="subcommands:\n  trained  per-layer asymmetry and clustering of the Moon IPNs "
-             "of the moons experiment,\n           trained first when missing; see "
+             "of the moons experiment's\n           finished runs; see "
              "`python -m metricattn.theory trained --help`")
   p.add_argument("--out", default="results/theory", help="output directory")
   p.add_argument("--quick", action="store_true", help="small N grid (about a minute)")
