@@ -244,7 +244,9 @@ def comparison_table(comps: list[dict], left_out: list[str], metric: str) -> lis
   note = ([f"Not compared: {', '.join(left_out)}; comparisons need >= 2 seeds per group.",
            ""] if left_out else [])
   if not comps:
-    return note or ["No comparison: the runs have no `softmax` group to compare with.", ""]
+    return note or ["No comparison: the runs have no `softmax` group to compare with (in a "
+                    "study each trial is its own group: see the study section's tables by "
+                    "searched choice).", ""]
   lines = [f"Difference of the mean final `{metric}` of each group minus its `softmax` "
            "baseline; 95% percentile bootstrap interval (10,000 resamples of each group, "
            "seed 0); two-sided p-values of Welch's t-test and the Mann-Whitney U test.", "",

@@ -46,10 +46,22 @@ def seeds_label(name: str, n: int) -> str:
   return f"{name} (n = 1, no spread)" if n < 2 else f"{name} (n={n})"
 
 
+LEGEND_INSIDE_UP_TO = 4  # entries; more go below the panel, where they hide no curve or label
+
+
 def legend(ax) -> None:
-  """The legend, titled with what the bands are."""
-  if ax.get_legend_handles_labels()[0]:
-    ax.legend(fontsize=8, title=BAND, title_fontsize=7)
+  """The legend, titled with what the bands are when some group has a band (two or more
+  seeds); inside the panel up to LEGEND_INSIDE_UP_TO entries, below it beyond."""
+  handles, labels = ax.get_legend_handles_labels()
+  if not handles:
+    return
+  title = BAND if any(label != seeds_label(label.rsplit(" (", 1)[0], 1) for label in labels) \
+      else None
+  if len(handles) <= LEGEND_INSIDE_UP_TO:
+    ax.legend(fontsize=8, title=title, title_fontsize=7)
+  else:
+    ax.legend(fontsize=7, title=title, title_fontsize=7, loc="upper center",
+              bbox_to_anchor=(0.5, -0.15), ncol=2)
 
 
 def band(ax, curves: list[Curve], label: str, color) -> None:

@@ -197,3 +197,16 @@ def test_groups_sort_by_value_not_text():
   assert sorted(groups, key=group_order) == [
       "optimizer.lr=3e-4/attention=l2", "optimizer.lr=3e-4/attention=metric",
       "optimizer.lr=1e-3/attention=l2", "optimizer.lr=3e-3/attention=l2"]
+
+
+def test_many_groups_put_the_legend_below_and_one_seed_has_no_band_title():
+  from metricattn import plots
+  curve = ([0, 10, 20], [1.0, 0.5, 0.2])
+  many = {f"g{i}": {"loss": [curve]} for i in range(6)}
+  fig = plots.curves_figure(many, [("loss", "training loss")])
+  legend = fig.axes[0].get_legend()
+  assert legend.get_title().get_text() == ""            # n = 1 everywhere: no band
+  assert legend._loc == 9 and tuple(legend.get_bbox_to_anchor().bounds)[1] < 0  # below
+  few = {f"g{i}": {"loss": [curve, curve]} for i in range(3)}
+  legend = plots.curves_figure(few, [("loss", "training loss")]).axes[0].get_legend()
+  assert legend.get_title().get_text() == plots.BAND

@@ -103,6 +103,10 @@ def test_report_on_a_study_root_adds_best_trials_and_optuna_figures(grid_study):
   assert f"| {best.number} | {best.value:.4f} |" in text
   for png in ("optuna_history.png", "optuna_importance.png", "curves.png"):
     assert (root / png).stat().st_size > 1000
+  # The kinds are compared across trials (each trial is its own group of runs).
+  assert "Complete trials by `attention`" in text and "so this is no paired comparison" in text
+  for kind in ("softmax", "l2"):
+    assert f"| {kind} | 4 |" in text
 
 
 # ---------------------------------------------------------------- a killed worker

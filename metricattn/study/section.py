@@ -8,9 +8,34 @@ from pathlib import Path
 
 from metricattn import plots
 from metricattn.errors import UserError
-from metricattn.reporting import fmt, markdown_table
-from metricattn.study.space import point_value
+from metricattn.reporting import fmt, markdown_table, mean_std
+from metricattn.stats import summarize
+from metricattn.study.space import parse_param, point_value
 from metricattn.study.storage import load_definition, open_study
+
+
+def by_choice(d: dict, trials: list) -> list[str]:
+  """For each searched choice (e.g. model.attention): the complete trials' objective per
+  value. Each trial is its own group of runs, so the report's comparison with a `softmax`
+  group cannot pair them; this compares the values across trials, and says that the trials
+  also differ in the other searched values."""
+  lines = []
+  for param in (parse_param(item) for item in d["space"]):
+    if param.kind != "choice":
+      continue
+    rows = []
+    for value in param.args:
+      vals = [t.value for t in trials if point_value(t.params.get(param.key)) == value]
+      s = summarize(vals) if vals else None
+      rows.append([value, len(vals), mean_std(s, 4) if s else "-",
+                   fmt(s["min"]) if s else "-", fmt(s["max"]) if s else "-"])
+    others = [p.partition("=")[0] for p in d["space"] if p.partition("=")[0] != param.key]
+    lines += [f"Complete trials by `{param.key}` (the objective `{d['objective']}`: mean ± std "
+              "over trials, each trial the mean over its seeds"
+              + (f"; the trials also differ in {', '.join(f'`{o}`' for o in others)}, so this "
+                 "is no paired comparison" if others else "") + "):", "",
+              *markdown_table([param.key, "trials", "mean ± std", "min", "max"], rows), ""]
+  return lines
 
 
 def study_section(root: Path, top: int = 5) -> tuple[list[str], list[tuple[str, str, str]]]:
@@ -38,7 +63,8 @@ def study_section(root: Path, top: int = 5) -> tuple[list[str], list[tuple[str, 
            f"`{d['objective']}` ({d['direction']}imised; a trial's value is the mean over its "
            f"seeds); {len(trials)} of {len(study.trials)} trials complete.", "",
            f"Best {len(best)} trials:", "",
-           *markdown_table(["trial", d["objective"], *keys, "workdir"], rows), ""]
+           *markdown_table(["trial", d["objective"], *keys, "workdir"], rows), "",
+           *by_choice(d, trials)]
   figures = []
   plt = plots._pyplot()
   from optuna.visualization import matplotlib as ov
