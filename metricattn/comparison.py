@@ -188,7 +188,7 @@ def header_lines(root: Path, runs: list[dict], metric: str, target: float | None
   lines += [f"- Machine: {machine_description()}",
             f"- Runs finished: {finished:%Y-%m-%d %H:%M} UTC (the newest summary.json); "
             f"report written: {now}, {writer}",
-            f"- {len(runs)} finished runs; headline metric `{metric}` (final evaluation; "
+            f"- {len(runs)} finished run{'s' if len(runs) != 1 else ''}; headline metric `{metric}` (final evaluation; "
             f"higher is better); target {fmt(target) if target is not None else 'none'}."]
   return lines + corpus_lines(runs) + [""]
 

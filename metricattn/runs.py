@@ -71,9 +71,10 @@ def seed_of(workdir: str | Path) -> int | None:
 
 
 def group_name(root: str | Path, workdir: str | Path) -> str:
-  """A run's group: its grid point's path below root ('attention=l2'; '.' for the root)."""
+  """A run's group: its grid point's path below root ('attention=l2'), or the root's name
+  when the runs have no grid point (one run, or seeds only)."""
   parts = Path(workdir).relative_to(root).parts
-  return "/".join(p for p in parts if seed_of(p) is None) or "."
+  return "/".join(p for p in parts if seed_of(p) is None) or Path(root).resolve().name
 
 
 def finished_runs(root: str | Path) -> list[Path]:

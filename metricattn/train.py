@@ -293,6 +293,7 @@ def _train(configs, workdirs: list[Path], ckpt_dir: Path, stacked: bool,
            allow_config_change: bool) -> list[dict]:
   """Checks, then trains while holding the workdir lock (one run per workdir)."""
   check_config(configs[0], split_batch=not (stacked and seeds_split_over_devices(len(configs))))
+  created = not ckpt_dir.exists()
   runs_lib.make_workdir(ckpt_dir)
   lock = lock_workdir(ckpt_dir)
   try:
@@ -305,6 +306,10 @@ def _train(configs, workdirs: list[Path], ckpt_dir: Path, stacked: bool,
   finally:
     if lock is not None:
       lock.release()
+      if created and {p.name for p in ckpt_dir.iterdir()} <= {".lock"}:
+        # A start that failed before writing anything leaves no workdir behind.
+        (ckpt_dir / ".lock").unlink(missing_ok=True)
+        ckpt_dir.rmdir()
 
 
 def lock_workdir(ckpt_dir: Path) -> runs_lib.Lock | None:

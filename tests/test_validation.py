@@ -84,3 +84,13 @@ def test_report_skips_a_summary_with_a_string_for_a_number(tmp_path, capsys):
   assert [r["seed"] for r in load_runs(tmp_path)] == [0]
   assert ("summary.json's test/accuracy is '0.8', not a number"
           in capsys.readouterr().err)
+
+
+def test_a_start_that_fails_on_its_data_leaves_no_workdir(tmp_path):
+  workdir = tmp_path / "run"
+  out = subprocess.run([sys.executable, "-m", "metricattn.main",
+                        "--config=configs/ipn_mnist.py:dataset=fashion_mnist",
+                        f"--workdir={workdir}", f"--config.data.data_dir={tmp_path / 'none'}"],
+                       capture_output=True, text=True)
+  assert out.returncode == 2 and out.stderr.startswith("error: data.data_dir"), out.stderr
+  assert not workdir.exists()
