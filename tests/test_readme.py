@@ -57,3 +57,21 @@ def test_docs_tables_are_made_from_the_committed_reports():
   assert len(blocks) >= 3
   for m in blocks:
     assert m.group(3) == table(m.group(2)), f"stale table of {m.group(2)}: run scripts/docs_tables.py"
+
+
+def test_usage_experiment_table_matches_the_registry():
+  """docs/usage.md's table names every experiment, with its quick budget's seed count."""
+  from metricattn import registry
+  text = (ROOT / "docs" / "usage.md").read_text()
+  rows = {}
+  for line in text.splitlines():
+    if line.startswith("| `"):
+      cells = [c.strip() for c in line.strip("|").split("|")]
+      for name in re.findall(r"`(\w+)`", cells[0]):
+        rows[name] = cells
+  for name, exp in registry.EXPERIMENTS.items():
+    assert name in rows, f"docs/usage.md's experiment table lacks {name}"
+    assert f"python -m metricattn.experiment {name} " in text, name
+    seeds = [int(n) for n in re.findall(r"(\d+) seeds", rows[name][3])]
+    if "quick" in exp.budgets and len(rows[name][0].split(",")) == 1:
+      assert seeds and seeds[-1] == exp.budget("quick").seeds, (name, rows[name][3])
