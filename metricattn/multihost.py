@@ -82,6 +82,8 @@ def initialize(coordinator_address: str | None, num_processes: int | None,
   # On CPU, cross-process collectives go through gloo (a no-op on GPU and TPU).
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
   logging.getLogger("jax._src.distributed").setLevel(logging.WARNING)  # its INFO lines
+  # Whether process 0 is there already: when it is gone after a failed join, it stopped meanwhile.
+  was_there = process_id not in (None, 0) and _reachable(coordinator_address)
   start = time.monotonic()
   try:
     with _error_callback():
@@ -97,19 +99,28 @@ def initialize(coordinator_address: str | None, num_processes: int | None,
     # Held, not shut down: JAX's exit handler would report the failed client at length.
     _failed.append((state.client, state.service))
     state.client = state.service = None
-    raise UserError(_join_failure(e, time.monotonic() - start, init_timeout, address, me, n)
-                    ) from None
+    raise UserError(_join_failure(e, time.monotonic() - start, init_timeout, address, me, n,
+                                  was_there)) from None
+  # stderr as it is now: a line of exit_now reaches it even while a checkpoint's orbax
+  # output is held back (checkpoint.quiet_tracebacks points descriptor 2 to a file).
   _joined.update(address=distributed.global_state.coordinator_address,
-                 process=jax.process_index(), processes=jax.process_count())
+                 process=jax.process_index(), processes=jax.process_count(),
+                 stderr=os.dup(2))
   _stop_on_uncaught_callback_error()
 
 
 def _join_failure(error: Exception, elapsed: float, init_timeout: int, address: str | None,
-                  me: int | None, n: int | None) -> str:
-  """The one line for a failed jax.distributed.initialize."""
+                  me: int | None, n: int | None, was_there: bool = False) -> str:
+  """The one line for a failed jax.distributed.initialize (`was_there`: process 0 could be
+  reached before)."""
   who = f"process {me} of {n}" if me is not None and n else "this process"
   if elapsed >= init_timeout - 1:  # JAX says DEADLINE_EXCEEDED, or nothing (see below)
     if me not in (None, 0) and address and not _reachable(address):
+      if was_there:
+        return (f"{who}: process 0 at --coordinator_address={address} stopped while this "
+                f"process waited to join; its output says why (a process already running "
+                f"with --process_id={me} makes it stop: give each process its own id in "
+                f"0..{n - 1})")
       return (f"{who}: could not reach process 0 at --coordinator_address={address} within "
               f"{init_timeout} s; start process 0 there (the same --coordinator_address on "
               f"every process), or raise --init_timeout")
@@ -129,6 +140,7 @@ def _check_port_free(coordinator_address: str, num_processes: int) -> None:
   """Process 0 starts the coordination service on the port of `coordinator_address`: when
   something listens there already, it is most likely a second process 0 (gRPC shares the
   port with it, and each would wait for the others alone)."""
+  import errno
   import socket
   from metricattn.errors import UserError
   if os.environ.get("JAX_COORDINATOR_BIND_ADDRESS"):
@@ -147,7 +159,7 @@ def _check_port_free(coordinator_address: str, num_processes: int) -> None:
       try:
         s.bind((host, port))
       except OSError as e:
-        if e.errno == 98 or "in use" in str(e).lower():
+        if e.errno == errno.EADDRINUSE:
           raise UserError(
               f"process 0 of {num_processes}: port {port} of --coordinator_address="
               f"{coordinator_address} is already in use: two processes were started with "
@@ -275,14 +287,21 @@ def _stop_on_uncaught_callback_error() -> None:
 def exit_now(code: int, line: str | None = None) -> None:
   """Prints `line` on stderr and ends this process with `code` at once, skipping JAX's
   shutdown barrier (it would wait for the others, and it reports a failed client at
-  length). The first caller wins: a second one (another thread) waits for the exit."""
+  length). The first caller wins: a second one (another thread) waits for the exit. The
+  line goes to stderr as it was when the processes joined (see `initialize`)."""
   if not _exiting.acquire(blocking=False):
     while True:
       time.sleep(60)
+  for stream in (sys.stdout, sys.stderr):
+    try:
+      stream.flush()
+    except (OSError, ValueError):
+      pass
   if line is not None:
-    print(line, file=sys.stderr)
-  sys.stdout.flush()
-  sys.stderr.flush()
+    try:
+      os.write(_joined.get("stderr", 2), f"{line}\n".encode())
+    except OSError:
+      pass
   os._exit(code)
 
 

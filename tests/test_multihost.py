@@ -191,10 +191,24 @@ def test_vmapped_seeds_split_over_processes_and_sigterm_to_one(tmp_path):
 @pytest.mark.parametrize("args,message", [
     (("localhost:1234", None, 0), "missing --num_processes"),
     (("localhost:1234", 2, 2), "--process_id must be in 0..1"),
+    (("localhost:1234", 2, 0, 0), "--init_timeout must be at least 1"),
 ])
 def test_incomplete_or_bad_process_flags(args, message):
   with pytest.raises(UserError, match=message):
     initialize(*args)
+
+
+def test_a_taken_coordinator_port_is_named_before_jax_starts():
+  with socket.socket() as s:
+    s.bind(("", 0))
+    s.listen()
+    port = s.getsockname()[1]
+    with pytest.raises(UserError, match=f"port {port} of --coordinator_address=localhost:"
+                       f"{port} is already in use: two processes were started with "
+                       "--process_id=0"):
+      initialize(f"localhost:{port}", 2, 0)
+  import jax
+  assert not jax.distributed.is_initialized()
 
 
 def error_lines(err: str) -> list[str]:
