@@ -181,14 +181,15 @@ EXPERIMENTS = {e.name: e for e in [
                             note="OURS, not the paper's model: 2+2 layers d_model 128, one "
                                  "epoch of the `fast` schedule with 100 warm-up steps, 2 "
                                  "seeds"),
-            "test": Budget("model=small,schedule=fast,epochs=0.1,batch=16,evals=1",
+            "test": Budget("model=small,schedule=fast,epochs=0.1,batch=16,evals=1,"
+                           "train_pairs=1000",
                            ("model.num_layers=1", "model.d_model=32", "model.qk_dim=32",
                             "model.d_mlp=16", "model.d_ff=64", "model.num_heads=2",
                             "data.vocab_size=256", "data.max_len=16", "model.max_len=16",
                             "optimizer.warmup_steps=2"),
-                           seeds=2, note="tests only; vocab 256 fits the tests' "
-                                         "catalogues and the real corpus (which needs "
-                                         "data.vocab_size >= 152)")}),
+                           seeds=2, jobs=2,
+                           note="tests only; on the real corpus a smoke test of 1,000 "
+                                "training pairs (2 min on 2 cores)")}),
     Experiment(
         name="translation_synthetic",
         title="Synthetic translation, Transformer (ours: an offline stand-in for Multi30k)",

@@ -73,12 +73,19 @@ L10N_TEMPLATES = [("cannot open {} %s", "{} %s kann nicht geöffnet werden"),
                   ("waiting for the {} to\nbecome ready", "warte, bis {} bereit\nist"),
                   ("%d bytes left in the {}", "%d Bytes übrig in {}"),
                   ("no {} was found here", "hier wurde kein {} gefunden")]
+# Near-duplicates of the templates (case, punctuation, placeholder style; or another English
+# text with the same German), which a split by the raw English text puts in other splits than
+# their templates (issue 27): the same keys (l10n.split_key) as "cannot open {} %s" / its
+# German, "the {} %s does not exist", and the German of "cannot read {} %s".
+L10N_NEAR_DUPLICATES = [("Cannot open {} '%s'.", "{} »%s« kann nicht geöffnet werden."),
+                        ("The {} {{path}} does not exist!", "{} {{path}} existiert nicht!"),
+                        ("unable to read the {} %s", "{} %s kann nicht gelesen werden")]
 
 
 def write_l10n_catalogues(locale_dir: Path, lang: str = "de") -> Path:
   """Two catalogues of 240 template pairs (+ a plural, a context, an untranslated word, a
-  duplicate with another translation) and one that gettext cannot read, in
-  locale_dir/lang/LC_MESSAGES."""
+  duplicate with another translation), one of 60 near-duplicates of templates, and one that
+  gettext cannot read, in locale_dir/lang/LC_MESSAGES."""
   pairs = {en.format(n): de.format(d) for n, d in L10N_NOUNS for en, de in L10N_TEMPLATES}
   half = len(pairs) // 2
   items = sorted(pairs.items())
@@ -91,5 +98,7 @@ def write_l10n_catalogues(locale_dir: Path, lang: str = "de") -> Path:
   write_mo(d / "first.mo", first)
   write_mo(d / "second.mo", second)
   write_mo(d / "third.mo", {"no file was found here": "hier wurde keine Datei gefunden"})
+  write_mo(d / "variants.mo", {en.format(n): de.format(g) for n, g in L10N_NOUNS
+                               for en, de in L10N_NEAR_DUPLICATES})
   write_atomic(d / "broken.mo", b"not a catalogue")
   return locale_dir
