@@ -105,6 +105,7 @@ def get_config(arg=None):
   arg = parse_arg(arg, attention="metric", schedule="paper", epochs=0.0, batch=128,
                   tokenizer="sentencepiece")
   num_train = MULTI30K_SIZES["train"]
+  common.translation_optimizer(arg.schedule, 1)  # an unknown schedule fails here, by name
   epochs = arg.epochs or common.DEFAULT_EPOCHS[arg.schedule]
   steps_from_epochs(epochs, num_train, arg.batch)  # bad arguments fail here
   # Settings derived from others follow an override of their source (see the docstring).

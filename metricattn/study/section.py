@@ -10,8 +10,18 @@ from metricattn import plots
 from metricattn.errors import UserError
 from metricattn.reporting import fmt, markdown_table, mean_std
 from metricattn.stats import summarize
-from metricattn.study.space import parse_param, point_value
+from metricattn.study.space import Param, parse_param, point_value
 from metricattn.study.storage import load_definition, open_study
+
+
+def searched(item: str) -> Param:
+  """A recorded search-space item as a Param: `KEY=DISTRIBUTION(ARGS)`, or a grid study's
+  `KEY=V1,V2,...` (its values are choices)."""
+  try:
+    return parse_param(item)
+  except UserError:
+    key, _, values = item.partition("=")
+    return Param(item, key, "choice", tuple(values.split(",")))
 
 
 def by_choice(d: dict, trials: list) -> list[str]:
@@ -20,7 +30,7 @@ def by_choice(d: dict, trials: list) -> list[str]:
   group cannot pair them; this compares the values across trials, and says that the trials
   also differ in the other searched values."""
   lines = []
-  for param in (parse_param(item) for item in d["space"]):
+  for param in map(searched, d["space"]):
     if param.kind != "choice":
       continue
     rows = []
