@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from metricattn.attention import adjacency_mask
+from metricattn.attention import adjacency_mask, neighbour_lists, sort_edges
 from metricattn.data import get_dataset
 from metricattn.evaluate import evaluate_workdir
 from metricattn.models import build_model
@@ -26,13 +26,19 @@ def test_batches_are_padded_disjoint_graphs(data):
   b = data.train_batch(0)
   nodes = b["x"].shape[0]
   assert nodes == 2 * data.max_verts + 1 and b["faces"].shape == (2 * data.max_faces, 3)
-  assert 0 <= b["receivers"].min() and b["receivers"].max() < nodes
+  real_edges = b["receivers"] >= 0
+  assert (b["senders"][~real_edges] == -1).all() and b["receivers"].max() < nodes
+  assert not real_edges[np.argmin(real_edges):].any()  # padding edges (-1) last
   real = b["weight"] > 0
   sizes = [len(f) for f in data.splits["train"].faces]
   assert real.sum() in {sizes[i] + sizes[j] for i in range(4) for j in range(i)}  # 2 meshes
   assert (b["faces"][~real] == nodes - 1).all() and (b["y"][real] < 8).all()
   pad = b["receivers"] == nodes - 1
   assert (b["senders"][pad] == nodes - 1).all()  # the padding node only sees itself
+  r, s = b["receivers"][real_edges], b["senders"][real_edges]
+  key = r.astype(np.int64) * nodes + s
+  assert (np.diff(key) > 0).all()  # sorted by (receiver, sender), no edge twice (sort_edges)
+  assert (r == s).sum() == len(np.unique(r))  # every vertex with an edge sees itself
   again = data.train_batch(0)
   assert all(np.array_equal(b[k], again[k]) for k in b)  # a pure function of (seed, step)
   test = list(data.eval_batches("test"))
@@ -53,6 +59,22 @@ def test_graph_ipn_equals_the_dense_masked_ipn(data, kind):
   dense = model.head(h[0][b["faces"]].mean(axis=1))
   assert sparse.shape == (b["faces"].shape[0], 8)
   np.testing.assert_allclose(sparse, dense, rtol=1e-4, atol=1e-4)
+
+
+def test_mesh_edges_are_the_attention_forms(data):
+  """The data set's edges (built without importing attention) are sort_edges's, and their
+  rows are neighbour_lists's."""
+  s = data.splits["train"]
+  for i in range(len(s.faces)):
+    nv = len(s.features[i])
+    loops = np.arange(nv)
+    r, t = np.r_[s.receivers[i], loops], np.r_[s.senders[i], loops]
+    got = data.edges["train"][i]
+    want = sort_edges(r, t, nv)
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_array_equal(got[1], want[1])
+    lists = neighbour_lists(*got, nv)[1]
+    np.testing.assert_array_equal(lists[lists >= 0], got[1])
 
 
 def test_tiny_mesh_run_and_evaluation_from_its_checkpoint(tmp_path):

@@ -350,18 +350,24 @@ class Attention(nnx.Module):
       o = o.reshape(*o.shape[:-2], -1)
     return self.out_proj(o) if self.out_proj is not None else o
 
-  def graph(self, x: jax.Array, receivers: jax.Array, senders: jax.Array) -> jax.Array:
+  def graph(self, x: jax.Array, receivers: jax.Array, senders: jax.Array, *,
+            graph_implementation: str | None = None) -> jax.Array:
     """Graph-masked self-attention over one graph, with no [nodes, nodes] array: x [nodes, in],
-    receivers/senders int32 [edges] (node receivers[e] attends to node senders[e]) ->
-    [nodes, out]. Same projections and logits as __call__ with the adjacency as mask."""
+    and the graph as an edge list, receivers/senders int32 [edges] (node receivers[e] attends
+    to node senders[e]), or as neighbour lists [nodes, max_degree] padded with -1
+    (`attention.neighbour_lists`, the fast form for bounded degree) -> [nodes, out]. Same
+    projections and logits as __call__ with the adjacency as mask; `graph_implementation`
+    is `graph_attention`'s `implementation` (None: neighbour lists run "ell", see
+    attention/graph.py)."""
     from metricattn.attention.graph import graph_attention
     if self.implementation is not None:
-      raise UserError("graph-masked attention has one implementation, the sparse edge kernel "
-                      f"(attention/graph.py); got implementation {self.implementation!r}: "
-                      "leave model.implementation unset")
+      raise UserError("graph-masked attention takes no dense-kernel implementation (its "
+                      "kernels are in attention/graph.py, chosen by the graph's form); got "
+                      f"implementation {self.implementation!r}: leave model.implementation "
+                      "unset")
     q, k, v = self.queries(x[None])[0], self.keys(x[None])[0], self.values(x[None])[0]
     o = graph_attention(q, k, v, receivers, senders, distance=self.distance,
-                        scale=self.scale)
+                        scale=self.scale, implementation=graph_implementation)
     return self.combine(o)
 
   def __call__(self, x: jax.Array, y: jax.Array | None = None,

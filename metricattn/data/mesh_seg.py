@@ -9,8 +9,10 @@ Batch layout (one compiled shape for every batch, train and test): the `batch_si
 of a batch are one disjoint graph, padded to the largest meshes of the data set; node
 `nodes - 1` is a padding node that only attends to itself.
   x          float32 [nodes, features]   vertex features (0 for padding)
-  receivers  int32 [edges]                node receivers[e] attends to node senders[e]
-  senders    int32 [edges]                (mesh edges both ways, plus self-loops)
+  receivers  int32 [edges]                node receivers[e] attends to node senders[e]:
+  senders    int32 [edges]                each vertex's distinct mesh neighbours and itself,
+                                          sorted by (receiver, sender), then padding edges
+                                          (-1, -1) up to the batch's fixed length
   faces      int32 [faces, 3]             vertex ids of each face (padding: the padding node)
   y          int32 [faces]                part label of each face
   weight     float32 [faces]              1 for real faces, 0 for padding
@@ -39,6 +41,17 @@ def load(config, split: str) -> MeshSet:
   raise UserError(f"unknown mesh data source {d.source!r}; allowed: {', '.join(SOURCES)}")
 
 
+def self_and_neighbours(receivers, senders, num_verts: int) -> tuple[np.ndarray, np.ndarray]:
+  """(receivers, senders) int32 [edges]: each vertex's distinct mesh neighbours and itself,
+  sorted by receiver, then sender (the "segment" form of metricattn/attention/graph.py,
+  `sort_edges`; built once per mesh when the data set is made). Rows of them are also the
+  "ell" form's neighbour lists (tests/test_mesh_seg.py)."""
+  loops = np.arange(num_verts, dtype=np.int64)
+  key = np.unique(np.concatenate([np.asarray(receivers, np.int64), loops]) * num_verts
+                  + np.concatenate([np.asarray(senders, np.int64), loops]))
+  return (key // num_verts).astype(np.int32), (key % num_verts).astype(np.int32)
+
+
 class MeshSegData:
   """Per-face classification of meshes; batches are padded disjoint unions of meshes."""
 
@@ -47,10 +60,13 @@ class MeshSegData:
   def __init__(self, config):
     self.seed, self.batch_size = int(config.seed), int(config.data.batch_size)
     self.splits = {s: load(config, s) for s in ("train", "test")}
-    every = [m for s in self.splits.values() for m in zip(s.features, s.faces, s.receivers)]
-    self.max_verts = max(len(f) for f, _, _ in every)
-    self.max_faces = max(len(fa) for _, fa, _ in every)
-    self.max_edges = max(len(r) for _, _, r in every)
+    every = [m for s in self.splits.values() for m in zip(s.features, s.faces)]
+    self.max_verts = max(len(f) for f, _ in every)
+    self.max_faces = max(len(fa) for _, fa in every)
+    self.edges = {name: [self_and_neighbours(r, t, len(f)) for r, t, f in
+                         zip(s.receivers, s.senders, s.features)]
+                  for name, s in self.splits.items()}
+    self.max_edges = max(len(r) for edges in self.edges.values() for r, _ in edges)
     num_train = len(self.splits["train"].faces)
     if not 0 < self.batch_size <= num_train:
       raise UserError(f"data.batch_size {self.batch_size} must be in 1..{num_train} (the "
@@ -64,7 +80,7 @@ class MeshSegData:
     nodes = b * self.max_verts + 1
     pad = nodes - 1
     x = np.zeros((nodes, self.info["input_shape"][0]), np.float32)
-    receivers = np.full(b * (self.max_edges + self.max_verts) + 1, pad, np.int32)
+    receivers = np.full(b * self.max_edges + 1, -1, np.int32)
     senders = receivers.copy()
     faces = np.full((b * self.max_faces, 3), pad, np.int32)
     y = np.zeros(b * self.max_faces, np.int32)
@@ -72,9 +88,7 @@ class MeshSegData:
     v0 = e0 = f0 = 0
     for i in ids:
       feats, nv = s.features[i], len(s.features[i])
-      self_loops = np.arange(nv, dtype=np.int32)
-      r = np.concatenate([s.receivers[i], self_loops]) + v0
-      t = np.concatenate([s.senders[i], self_loops]) + v0
+      r, t = (e + v0 for e in self.edges[split][i])
       x[v0:v0 + nv] = feats
       receivers[e0:e0 + len(r)], senders[e0:e0 + len(t)] = r, t
       nf = len(s.faces[i])
@@ -82,6 +96,7 @@ class MeshSegData:
       y[f0:f0 + nf] = s.face_labels[i]
       weight[f0:f0 + nf] = 1.0
       v0, e0, f0 = v0 + nv, e0 + len(r), f0 + nf
+    receivers[e0], senders[e0] = pad, pad  # after every mesh's edges: the order stays sorted
     return {"x": x, "receivers": receivers, "senders": senders, "faces": faces, "y": y,
             "weight": weight}
 

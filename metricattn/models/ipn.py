@@ -16,7 +16,10 @@ The attention options (kind and value map, scale, `implementation`, `dtype`) are
 `AttentionOptions.from_config` (metricattn/attention/layer.py), as for every model family;
 configs without `implementation` or `dtype` get None (the kernels choose) and float32.
 `dtype` "bfloat16" computes every layer in bfloat16 (parameters stay float32; the task casts
-the logits to float32). The graph-masked path has one kernel: it refuses an implementation.
+the logits to float32). The graph-masked path takes no `implementation` (it refuses one):
+its kernel follows the graph's form (metricattn/attention/graph.py): neighbour lists
+[n, max_degree] run the "ell" kernel, an edge list [edges] (the mesh data's, sorted and
+deduplicated on the host) the sorted-segment one.
 """
 
 from __future__ import annotations
@@ -42,8 +45,9 @@ class PropagationBlock(nnx.Module):
     self.residual = residual
 
   def __call__(self, h: jax.Array, mask: jax.Array | None, graph=None) -> jax.Array:
-    """h [1, n, width], mask [n, n] or None; or `graph` = (receivers, senders) [edges]: the
-    sparse graph-masked path (attention only along edges, no [n, n] array)."""
+    """h [1, n, width], mask [n, n] or None; or `graph` = (receivers, senders), an edge list
+    [edges] or neighbour lists [n, max_degree]: the sparse graph-masked path (attention only
+    along edges, no [n, n] array)."""
     x = self.norm(h) if self.norm is not None else h
     if graph is not None:
       out = self.attn.graph(x[0], *graph)[None]
@@ -69,8 +73,9 @@ class IPN(nnx.Module):
 
   def __call__(self, x: jax.Array, mask: jax.Array | None = None, *, receivers=None,
                senders=None, faces=None, train: bool = False, rngs=None) -> jax.Array:
-    """With `receivers`/`senders` [edges] the blocks attend along the graph's edges only (the
-    paper's mesh segmentation); with `faces` int32 [faces, 3] the logits are per face, from
+    """With `receivers`/`senders` (an edge list [edges] or neighbour lists [n, max_degree],
+    see attention/graph.py) the blocks attend along the graph's edges only (the paper's
+    mesh segmentation); with `faces` int32 [faces, 3] the logits are per face, from
     the mean of its three vertices' features after the last block (the paper's fixed
     aggregation)."""
     del train, rngs  # no dropout in the IPN
