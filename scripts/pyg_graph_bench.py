@@ -56,7 +56,11 @@ def main():
   p.add_argument("--reps", type=int, default=5)
   p.add_argument("--logits", choices=("l2", "dot"), default="l2")
   p.add_argument("--save-out", default=None, help="write the forward output here (.npy)")
+  p.add_argument("--threads", type=int, default=None,
+                 help="torch.set_num_threads (default: torch's, the cores)")
   a = p.parse_args()
+  if a.threads:
+    torch.set_num_threads(a.threads)
   d = np.load(a.graph)
   receivers = torch.from_numpy(d["receivers"].astype(np.int64))
   senders = torch.from_numpy(d["senders"].astype(np.int64))
