@@ -189,7 +189,7 @@ EXPERIMENTS = {e.name: e for e in [
                             "optimizer.warmup_steps=2"),
                            seeds=2, jobs=2,
                            note="tests only; on the real corpus a smoke test of 1,000 "
-                                "training pairs (2 min on 2 cores)")}),
+                                "training pairs (about 2 min on 2 cores)")}),
     Experiment(
         name="translation_synthetic",
         title="Synthetic translation, Transformer (ours: an offline stand-in for Multi30k)",
