@@ -117,7 +117,7 @@ def test_every_family_runs_the_blockwise_kernel(family, monkeypatch):
 def test_graph_attention_refuses_an_implementation():
   edges = jnp.asarray([0, 1, 2, 1], jnp.int32), jnp.asarray([1, 0, 2, 2], jnp.int32)
   model = build("ipn", implementation="blockwise")
-  with pytest.raises(UserError, match="graph-masked attention has one implementation"):
+  with pytest.raises(UserError, match="graph-masked attention takes no dense-kernel implementation"):
     model(X[:3], receivers=edges[0], senders=edges[1])
 
 
