@@ -13,7 +13,7 @@ from pathlib import Path
 
 from metricattn import plots, stats
 from metricattn.errors import UserError
-from metricattn.fileio import read_json, read_jsonl, write_atomic
+from metricattn.fileio import full_disk_is_one_line, read_json, read_jsonl, write_atomic
 from metricattn import runs as runs_lib
 from metricattn.runs import SELECTION_SPLIT, best_val_step, experiment_title, load_experiment
 from metricattn.reporting import fmt, machine_description, markdown_table, mean_std
@@ -99,6 +99,7 @@ def run_stats(run: dict, metric: str, target: float | None) -> dict:
   sps = run.get("steps_per_second")
   best_step = best_val_step(run["records"])
   return {"final": run[metric], "best": dict(zip(eval_steps, eval_values)).get(best_step),
+          "late_gain": stats.late_gain(eval_steps, eval_values),
           "steps_to_target": reached,
           "seconds_to_target": reached / sps if reached is not None and sps else None,
           "loss_auc": stats.curve_auc(loss_steps, losses), "loss_jitter": stats.jitter(losses),
@@ -121,7 +122,7 @@ def group_stats(rs: list[dict], metric: str, target: float | None) -> dict:
   col = lambda k: [p[k] for p in per]
   return {"attention": rs[0].get("attention", "?"), "seeds": [r["seed"] for r in rs],
           "final": stats.summarize(col("final")), "final_values": col("final"),
-          "best_mean": _mean(col("best")),
+          "best_mean": _mean(col("best")), "late_gain": _mean(col("late_gain")),
           "steps_to_target": _median(col("steps_to_target")),
           "seconds_to_target": _median(col("seconds_to_target")),
           "has_target": target is not None,
@@ -156,7 +157,8 @@ def comparisons(groups: dict[str, dict]) -> tuple[list[dict], list[str]]:
       left_out.append(f"{name} vs {base}")
       continue
     out.append({"group": name, "baseline": base,
-                **stats.compare(g["final_values"], groups[base]["final_values"])})
+                **stats.compare(g["final_values"], groups[base]["final_values"],
+                                seeds_a=g["seeds"], seeds_b=groups[base]["seeds"])})
   return out, left_out
 
 
@@ -225,7 +227,8 @@ def target_cell(g: dict) -> str:
 def summary_table(groups: dict[str, dict], metric: str) -> list[str]:
   d, val = metric_digits(metric), has_val(groups)
   head = ["group", "attention", "seeds", f"{metric} mean ± std", "median", "min", "max",
-          *([f"{metric} {BEST} (mean)"] if val else []), "steps to target (median, reached)",
+          *([f"{metric} {BEST} (mean)"] if val else []), "gain in last 20% of steps (mean)",
+          "steps to target (median, reached)",
           "seconds to target", "train-loss AUC/step", "train-loss jitter", "final train loss",
           "steps/s", "params"]
   rows = []
@@ -233,7 +236,7 @@ def summary_table(groups: dict[str, dict], metric: str) -> list[str]:
     f = g["final"]
     rows.append([name, g["attention"], f["n"], mean_std(f, d), fmt(f["median"], d),
                  fmt(f["min"], d), fmt(f["max"], d), *([fmt(g["best_mean"], d)] if val else []),
-                 target_cell(g), fmt(g["seconds_to_target"], 1), fmt(g["loss_auc"]),
+                 fmt(g["late_gain"], d), target_cell(g), fmt(g["seconds_to_target"], 1), fmt(g["loss_auc"]),
                  fmt(g["loss_jitter"]), fmt(g["final_loss"]), fmt(g["steps_per_second"], 1),
                  g["num_params"]])
   return markdown_table(head, rows)
@@ -247,15 +250,25 @@ def comparison_table(comps: list[dict], left_out: list[str], metric: str) -> lis
     return note or ["No comparison: the runs have no `softmax` group to compare with (in a "
                     "study each trial is its own group: see the study section's tables by "
                     "searched choice).", ""]
+  small = any(c["ci_low"] is None for c in comps)
   lines = [f"Difference of the mean final `{metric}` of each group minus its `softmax` "
            "baseline; 95% percentile bootstrap interval (10,000 resamples of each group, "
-           "seed 0); two-sided p-values of Welch's t-test and the Mann-Whitney U test.", "",
+           f"seed 0{'; n/a when a group has fewer than ' if small else ''}"
+           f"{f'{stats.MIN_BOOTSTRAP} seeds, too few for a bootstrap to say anything' if small else ''}); "
+           "two-sided p-values of Welch's t-test and the Mann-Whitney U test, of the paired "
+           "t-test and Wilcoxon's signed-rank test on the seeds both groups ran (the same seed "
+           "gives both kinds the same data order and initial values of the shared "
+           "parameters), and of the Brown-Forsythe test of equal spread over seeds.", "",
            "| comparison | difference of means | 95% bootstrap interval | Welch t p | "
-           "Mann-Whitney U p |", "|---|---|---|---|---|"]
+           "Mann-Whitney U p | pairs | paired t p | Wilcoxon p | Brown-Forsythe p (spread) |",
+           "|---|---|---|---|---|---|---|---|---|"]
   for c in comps:
-    lines.append(f"| {c['group']} vs {c['baseline']} | {c['diff']:+.{d}f} | "
-                 f"[{c['ci_low']:+.{d}f}, {c['ci_high']:+.{d}f}] | {fmt_p(c['welch_p'])} | "
-                 f"{fmt_p(c['mannwhitney_p'])} |")
+    ci = ("n/a" if c["ci_low"] is None
+          else f"[{c['ci_low']:+.{d}f}, {c['ci_high']:+.{d}f}]")
+    lines.append(f"| {c['group']} vs {c['baseline']} | {c['diff']:+.{d}f} | {ci} | "
+                 f"{fmt_p(c['welch_p'])} | {fmt_p(c['mannwhitney_p'])} | "
+                 f"{c.get('pairs', 'n/a')} | {fmt_p(c.get('paired_t_p'))} | "
+                 f"{fmt_p(c.get('wilcoxon_p'))} | {fmt_p(c.get('brown_forsythe_p'))} |")
   return lines + [""] + note
 
 
@@ -321,7 +334,9 @@ def render(root: Path, runs: list[dict], *, target: float | None = None,
           f"`{SELECTION_SPLIT}` split to choose an evaluation on (choosing on test would "
           "leak it). ")
   lines += ["## Summary per group", "", *summary_table(groups, metric), "",
-            "Std: sample standard deviation over seeds. " + best + "Steps to target: the first "
+            "Std: sample standard deviation over seeds. " + best + "Gain in the last 20% of "
+            "steps: the final evaluation minus the last one at or before 80% of the run (mean "
+            "over seeds; near zero when the runs have levelled off). Steps to target: the first "
             "evaluation at or above the target (median over the seeds that reached it). "
             "Seconds: those steps at the run's training speed (compilation and evaluation "
             "excluded). AUC/step: area under the logged training loss divided by the step "
@@ -365,8 +380,10 @@ def write_report(root: Path, *, target: float | None = None, experiment: dict | 
   if (root / STUDY_FILE).exists():  # an Optuna study's root
     more_lines, study_figures = study_section(root)
     more_figures = [*more_figures, *study_figures]
-  text, data = render(root, runs, target=target, experiment=experiment,
-                      more_figures=more_figures, more_lines=more_lines)
-  write_atomic(root / "report.md", text)
-  write_atomic(root / "report.json", json.dumps(data, indent=2) + "\n")
+  with full_disk_is_one_line(root / "report.md", "the runs and the report files written "
+                             "before are intact"):  # each file is written atomically
+    text, data = render(root, runs, target=target, experiment=experiment,
+                        more_figures=more_figures, more_lines=more_lines)
+    write_atomic(root / "report.md", text)
+    write_atomic(root / "report.json", json.dumps(data, indent=2) + "\n")
   return text

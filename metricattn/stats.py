@@ -60,6 +60,20 @@ def first_reaching(steps: list[int], values: list[float], target: float) -> int 
   return None
 
 
+# The share of a run's steps whose gain `late_gain` measures.
+LATE = 0.2
+
+
+def late_gain(steps: list[int], values: list[float]) -> float | None:
+  """How much a curve still rose over the last LATE of its steps: the last value minus the
+  value at the last evaluation at or before (1 - LATE) x the last step; None without such an
+  evaluation. Near zero (or negative) when the run has levelled off."""
+  if len(steps) < 2:
+    return None
+  before = [v for s, v in zip(steps, values) if s <= (1 - LATE) * steps[-1]]
+  return float(values[-1] - before[-1]) if before else None
+
+
 # ---------------------------------------------------------------- two groups
 
 def bootstrap_diff(a: list[float], b: list[float], *, reps: int = 10_000, seed: int = 0,
@@ -86,6 +100,15 @@ def _p_value(p: float) -> float | None:
   return None if p is None or math.isnan(p) else float(min(max(p, 0.0), 1.0))
 
 
+def _quiet(test, *args, **kwargs):
+  """A scipy test without its RuntimeWarning for nearly equal values (catastrophic
+  cancellation): such groups are handled by `constant` before, or give a large p."""
+  import warnings
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore", RuntimeWarning)
+    return test(*args, **kwargs)
+
+
 def welch_p(a: list[float], b: list[float]) -> float | None:
   """Two-sided Welch's t-test p-value; None for fewer than two runs in a group. Two groups
   without spread (up to rounding) give 1 for equal values, else 0."""
@@ -94,7 +117,12 @@ def welch_p(a: list[float], b: list[float]) -> float | None:
     return None
   if constant(a) and constant(b):
     return 1.0 if constant(list(a) + list(b)) else 0.0
-  return _p_value(stats.ttest_ind(a, b, equal_var=False).pvalue)
+  return _p_value(_quiet(stats.ttest_ind, a, b, equal_var=False).pvalue)
+
+
+def _ranked(values) -> list[float]:
+  """Values at 12 significant digits, so rounding-level differences are ties."""
+  return [float(f"{x:.12g}") for x in values]
 
 
 def mannwhitney_p(a: list[float], b: list[float]) -> float | None:
@@ -105,12 +133,60 @@ def mannwhitney_p(a: list[float], b: list[float]) -> float | None:
     return None
   if constant(list(a) + list(b)):  # all values tied: no evidence of a difference
     return 1.0
-  a, b = ([float(f"{x:.12g}") for x in v] for v in (a, b))
-  return _p_value(stats.mannwhitneyu(a, b, alternative="two-sided").pvalue)
+  return _p_value(stats.mannwhitneyu(_ranked(a), _ranked(b), alternative="two-sided").pvalue)
 
 
-def compare(a: list[float], b: list[float], *, seed: int = 0) -> dict:
-  """Difference of means of a over b with its 95% bootstrap interval, and two p-values."""
-  diff, lo, hi = bootstrap_diff(a, b, seed=seed)
-  return {"diff": diff, "ci_low": lo, "ci_high": hi, "welch_p": welch_p(a, b),
-          "mannwhitney_p": mannwhitney_p(a, b)}
+def brown_forsythe_p(a: list[float], b: list[float]) -> float | None:
+  """Two-sided p-value of the Brown-Forsythe test (Levene's test about the median) that the
+  two groups have equal spread; None for fewer than two runs in a group, 1 when neither
+  group has spread (up to rounding)."""
+  from scipy import stats
+  if len(a) < 2 or len(b) < 2:
+    return None
+  if constant(a) and constant(b):
+    return 1.0
+  return _p_value(_quiet(stats.levene, _ranked(a), _ranked(b), center="median").pvalue)
+
+
+def paired(a: dict[int, float], b: dict[int, float]) -> dict:
+  """Tests paired by seed: the seeds both groups ran (`a`, `b`: seed -> value), the mean of
+  the differences a - b, and two-sided p-values of the paired t-test and of Wilcoxon's
+  signed-rank test (None with fewer than two pairs; 1 when no pair differs, up to
+  rounding)."""
+  from scipy import stats
+  seeds = sorted(set(a) & set(b))
+  d = [a[s] - b[s] for s in seeds]
+  out = {"pairs": len(seeds), "paired_diff": float(np.mean(d)) if d else None,
+         "paired_t_p": None, "wilcoxon_p": None}
+  if len(seeds) < 2:
+    return out
+  nonzero = [v for v in _ranked(d) if v != 0.0]
+  if constant(d):  # the t statistic is undefined: no difference, or the same one every seed
+    out["paired_t_p"] = 0.0 if nonzero else 1.0
+  else:
+    out["paired_t_p"] = _p_value(_quiet(stats.ttest_rel, [a[s] for s in seeds],
+                                        [b[s] for s in seeds]).pvalue)
+  out["wilcoxon_p"] = _p_value(_quiet(stats.wilcoxon, nonzero).pvalue) if nonzero else 1.0
+  return out
+
+
+# A bootstrap of fewer runs than this per group is not reported: with 2-4 values the
+# resampled means take a handful of values and the interval says little.
+MIN_BOOTSTRAP = 5
+
+
+def compare(a: list[float], b: list[float], *, seeds_a: list[int] | None = None,
+            seeds_b: list[int] | None = None, seed: int = 0) -> dict:
+  """Difference of means of a over b with its 95% bootstrap interval (None, None when a
+  group has fewer than MIN_BOOTSTRAP runs), Welch and Mann-Whitney p-values, the
+  Brown-Forsythe p-value for equal spread and, given the runs' seeds, the tests paired by
+  seed (`paired`)."""
+  if min(len(a), len(b)) >= MIN_BOOTSTRAP:
+    diff, lo, hi = bootstrap_diff(a, b, seed=seed)
+  else:
+    diff, lo, hi = float(np.mean(a) - np.mean(b)), None, None
+  out = {"diff": diff, "ci_low": lo, "ci_high": hi, "welch_p": welch_p(a, b),
+         "mannwhitney_p": mannwhitney_p(a, b), "brown_forsythe_p": brown_forsythe_p(a, b)}
+  if seeds_a is not None and seeds_b is not None:
+    out.update(paired(dict(zip(seeds_a, a)), dict(zip(seeds_b, b))))
+  return out

@@ -39,7 +39,8 @@ def table(results: str) -> str:
        f"steps to {fmt(target, d) if target is not None else 'target'} (median, reached)",
        "final train loss", "steps/s", "params"], rows)
   comps = [[c["group"].split("=", 1)[-1], f"{c['diff']:+.{d}f}",
-            f"[{c['ci_low']:+.{d}f}, {c['ci_high']:+.{d}f}]", fmt_p(c["welch_p"]),
+            "n/a (< 5 seeds)" if c["ci_low"] is None
+            else f"[{c['ci_low']:+.{d}f}, {c['ci_high']:+.{d}f}]", fmt_p(c["welch_p"]),
             fmt_p(c["mannwhitney_p"])] for c in report.get("comparisons", [])]
   if comps:
     lines += [""] + markdown_table(["against softmax", "difference of means",

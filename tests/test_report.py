@@ -76,11 +76,15 @@ def test_comparison_with_softmax(root):
   [c] = json.loads((root / "report.json").read_text())["comparisons"]
   assert (c["group"], c["baseline"]) == ("attention=l2", "attention=softmax")
   assert c["diff"] == pytest.approx(0.3)
-  assert c["ci_low"] <= 0.3 <= c["ci_high"]
-  for p in (c["welch_p"], c["mannwhitney_p"]):
+  assert c["ci_low"] is None is c["ci_high"]      # 3 seeds: too few for a bootstrap
+  for p in (c["welch_p"], c["mannwhitney_p"], c["brown_forsythe_p"]):
     assert 0.0 <= p <= 1.0
   assert c["welch_p"] < 0.05
-  assert "| attention=l2 vs attention=softmax | +0.3000 |" in text
+  assert c["pairs"] == 3 and c["paired_t_p"] == 0.0   # the same +0.3 on every seed
+  assert "| attention=l2 vs attention=softmax | +0.3000 | n/a |" in text
+  assert "fewer than 5 seeds" in text
+  g = json.loads((root / "report.json").read_text())["groups"]["attention=l2"]
+  assert g["late_gain"] == pytest.approx(0.9 - 0.97)   # final minus the eval at step 300
   assert "target none" in text and "| n/a |" in text               # no target given
 
 
@@ -99,6 +103,34 @@ def test_bootstrap_interval_covers_the_true_difference():
   assert stats.bootstrap_diff(list(a), list(b), seed=3) == (diff, lo, hi)  # seeded
   assert stats.mannwhitney_p([1.0] * 3, [1.0] * 3) == 1.0                 # all tied
   assert stats.welch_p([1.0, 1.0], [1.0, 1.0]) == 1.0
+
+
+def test_paired_and_spread_tests():
+  """Paired tests match runs by seed; Brown-Forsythe tests spread; the bootstrap needs 5."""
+  a = {0: 0.90, 1: 0.70, 2: 0.95, 3: 0.60, 4: 0.85, 5: 0.75}
+  b = {s: v - 0.05 - 0.001 * s for s, v in a.items()}            # a bit worse on every seed
+  p = stats.paired(a, b)
+  assert p["pairs"] == 6 and p["paired_diff"] == pytest.approx(0.0525)
+  assert p["paired_t_p"] < 1e-4 and p["wilcoxon_p"] < 0.05       # the pairing sees it ...
+  assert stats.welch_p(list(a.values()), list(b.values())) > 0.3  # ... unpaired tests do not
+  assert stats.paired({0: 1.0, 1: 2.0}, {1: 2.0, 2: 5.0}) == {
+      "pairs": 1, "paired_diff": 0.0, "paired_t_p": None, "wilcoxon_p": None}
+  wide, narrow = [0.5, 0.9, 0.6, 1.0, 0.55, 0.95], [0.74, 0.76, 0.75, 0.75, 0.76, 0.74]
+  assert stats.brown_forsythe_p(wide, narrow) < 0.01
+  assert stats.brown_forsythe_p([0.8] * 3, [0.8] * 4) == 1.0
+  c = stats.compare(wide[:5], narrow[:5])
+  assert c["ci_low"] < c["diff"] < c["ci_high"] and "pairs" not in c
+  assert stats.compare(wide[:4], narrow[:5])["ci_low"] is None
+  assert stats.late_gain([100, 200, 300, 400], [0.5, 0.8, 0.9, 0.91]) == pytest.approx(0.01)
+  assert stats.late_gain([400], [0.9]) is None
+
+
+def test_nearly_equal_groups_warn_nothing():
+  import warnings
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    stats.compare([0.9, 0.9 + 1e-9, 0.9], [0.9, 0.9, 0.9 - 1e-9, 0.9, 0.9],
+                  seeds_a=[0, 1, 2], seeds_b=[0, 1, 2, 3, 4])
 
 
 def test_groups_equal_up_to_rounding_have_no_difference():
