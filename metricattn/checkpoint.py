@@ -21,7 +21,7 @@ import orbax.checkpoint as ocp
 
 from metricattn import multihost
 from metricattn.errors import UserError
-from metricattn.fileio import full_disk_path
+from metricattn.fileio import NoSpace, full_disk_path
 
 # Orbax logs every save at INFO; keep the console for the run's own progress.
 logging.getLogger("absl").setLevel(logging.WARNING)
@@ -35,14 +35,13 @@ class CorruptCheckpoint(UserError):
   """A checkpoint's files cannot be read."""
 
 
-class DiskFull(UserError):
-  """No space left on the device while a run wrote PATH: one line, and what is intact."""
+class DiskFull(NoSpace):
+  """No space left on the device while a run wrote PATH: one line, and which checkpoints are
+  intact."""
 
   def __init__(self, path, steps: list[int]):
-    kept = (f"checkpoints up to step {max(steps)} are intact" if steps
-            else "no checkpoint was written yet")
-    super().__init__(f"no space left on device while writing {path}; {kept}; free space "
-                     "and rerun the same command")
+    super().__init__(path, f"checkpoints up to step {max(steps)} are intact" if steps
+                     else "no checkpoint was written yet")
 
 
 class Checkpointer:

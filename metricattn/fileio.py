@@ -3,18 +3,22 @@
 The one atomic writer of the project (`write_atomic`: a temporary file beside the target,
 then a rename; the temporary file is removed on any failure), the readers that tolerate
 what an interrupted writer can leave (`read_json`: None for a missing or unreadable file;
-`read_jsonl`: a torn last line is dropped with one warning), and `truncate_jsonl`, which cuts
-an append-only log back to a step without ever rewriting it in place.
+`read_jsonl`: a torn last line is dropped with one warning), `cut_jsonl`, which cuts
+an append-only log back to a step without ever rewriting it in place, and a full disk as one
+line (`NoSpace`, `full_disk_is_one_line`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
 import sys
 import tempfile
 from pathlib import Path
+
+from metricattn.errors import UserError
 
 FULL = (errno.ENOSPC, errno.EDQUOT)
 
@@ -31,9 +35,34 @@ def write_atomic(path: str | Path, data: str | bytes) -> None:
     os.umask(umask)
     os.chmod(tmp, 0o666 & ~umask)  # as open() would have made it (mkstemp makes 0600)
     os.replace(tmp, path)
-  except BaseException:
+  except BaseException as e:
     Path(tmp).unlink(missing_ok=True)
+    if isinstance(e, OSError) and e.errno in FULL and not e.filename:
+      raise OSError(e.errno, e.strerror, str(path)) from e  # name the file, not the fd
     raise
+
+
+class NoSpace(UserError):
+  """No space left on the device while writing PATH: one line saying what is intact (`kept`)
+  and what to do."""
+
+  def __init__(self, path, kept: str):
+    self.path = path
+    super().__init__(f"no space left on device while writing {path}; {kept}; free space "
+                     "and rerun the same command")
+
+
+@contextlib.contextmanager
+def full_disk_is_one_line(path, kept: str):
+  """Turns a full disk inside the block into `NoSpace` (naming the file the error names, else
+  `path`); any other exception passes."""
+  try:
+    yield
+  except OSError as e:
+    where = full_disk_path(e)
+    if where is None:
+      raise
+    raise NoSpace(where or path, kept) from None
 
 
 def full_disk_path(e: BaseException) -> str | None:

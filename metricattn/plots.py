@@ -7,11 +7,13 @@ Lines of few points (<= MARKERS_UP_TO) carry markers, so a single evaluation is 
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
 
 from metricattn import stats
+from metricattn.fileio import write_atomic
 
 Curve = tuple[list[int], list[float]]
 BAND = "band: min..max over seeds"
@@ -30,8 +32,10 @@ def save(fig, path: Path, title: str = "") -> Path:
   if title:
     fig.suptitle(title, fontsize=10)
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
+  buf = io.BytesIO()
+  fig.savefig(buf, format="png", dpi=110)
   _pyplot().close(fig)
+  write_atomic(path, buf.getvalue())  # a full disk leaves the figure before in place
   return path
 
 

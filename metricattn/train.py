@@ -43,7 +43,7 @@ from metricattn.feeder import Feeder, shard_batch, stack_trees
 from metricattn.models import build_model, num_params
 from metricattn.optim import Plateau, make_optimizer
 from metricattn.tasks import get_task
-from metricattn.fileio import full_disk_path, read_jsonl, write_atomic
+from metricattn.fileio import NoSpace, full_disk_path, read_jsonl, write_atomic
 from metricattn.validation import check_values
 from metricattn.writers import MetricWriter
 
@@ -299,10 +299,14 @@ def _train(configs, workdirs: list[Path], ckpt_dir: Path, stacked: bool,
   try:
     with Signals() as signals:
       return _train_locked(configs, workdirs, ckpt_dir, stacked, allow_config_change, signals)
-  except OSError as e:  # metrics.jsonl, config.json, summary.json, a tokenizer, a cache
+  except OSError as e:  # metrics.jsonl, config.json, summary.json
     if full_disk_path(e) is None:
       raise
     raise DiskFull(e.filename or ckpt_dir, saved_steps(ckpt_dir)) from None
+  except NoSpace as e:  # a tokenizer, a data cache: say which checkpoints are intact
+    if isinstance(e, DiskFull):
+      raise
+    raise DiskFull(e.path, saved_steps(ckpt_dir)) from None
   finally:
     if lock is not None:
       lock.release()

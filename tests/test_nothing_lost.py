@@ -126,6 +126,77 @@ def test_full_disk_during_a_checkpoint_is_one_line(tmp_path):
     subprocess.run(["umount", str(disk)])
 
 
+@pytest.fixture
+def disk(tmp_path, monkeypatch):
+  """(a directory, fill()): after fill() no write to the directory has room. A 400k tmpfs
+  filled up when the tests run as root, else a fault hook (every file write is ENOSPC)."""
+  path = tmp_path / "disk"
+  if mount_tmpfs(path, "400k"):
+    def fill():
+      with open(path / "filler", "wb", buffering=0) as f:
+        try:
+          while True:
+            f.write(b"\0" * 4096)
+        except OSError as e:
+          assert e.errno == errno.ENOSPC
+    yield path, fill
+    subprocess.run(["umount", str(path)])
+  else:
+    path.mkdir()
+    fdopen = os.fdopen
+
+    class Full:
+      def __init__(self, f):
+        self.f = f
+      def write(self, data):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+      def __enter__(self):
+        return self
+      def __exit__(self, *exc):
+        self.f.close()
+
+    yield path, lambda: monkeypatch.setattr(os, "fdopen", lambda *a, **k: Full(fdopen(*a, **k)))
+
+
+KEEP = "free space and rerun the same command"
+
+
+def test_full_disk_while_writing_a_cache_is_one_line_and_keeps_the_old_file(disk):
+  from metricattn.data.cache import load_guarded, save_checked
+  from metricattn.fileio import NoSpace
+  disk, fill = disk
+  path = disk / "cache" / "spm_joint.model"
+  save_checked(path, b"old")
+  fill()
+  with pytest.raises(NoSpace, match=f"^no space left on device while writing {path}; files "
+                     f"written before are intact \\(written atomically\\); {KEEP}$"):
+    save_checked(path, b"new" * 100_000)
+  assert load_guarded(path, lambda p: p.read_bytes()) == b"old"  # its checksum still holds
+  assert sorted(p.name for p in path.parent.iterdir()) == [path.name, path.name + ".sha256"]
+
+
+def test_full_disk_while_writing_a_report_is_one_line_and_keeps_the_old_one(disk, capsys):
+  from metricattn.report import main as report_main
+  from tests.test_report import write_run
+  root, fill = disk
+  for kind in ("softmax", "l2"):
+    for seed in (0, 1):
+      write_run(root / f"attention={kind}" / f"seed={seed}", seed=seed, kind=kind,
+                final=0.5 + seed / 10)
+  assert report_main([str(root)]) == 0
+  before = {p.name: p.read_bytes() for p in root.iterdir() if p.is_file()}
+  fill()
+  capsys.readouterr()
+  assert report_main([str(root), "--target", "0.55"]) == 2
+  err = capsys.readouterr().err
+  assert len(err.splitlines()) == 1, err
+  assert err.startswith(f"error: no space left on device while writing {root}/")
+  assert err.endswith(f"; the runs and the report files written before are intact; {KEEP}\n")
+  after = {p.name: p.read_bytes() for p in root.iterdir() if p.is_file()}
+  after.pop("filler", None)
+  assert after == before  # report.md, report.json and the figures as they were; no temp file
+
+
 # ---------------------------------------------------------------- launchers own their children
 
 SWEEP = [sys.executable, "-m", "metricattn.sweep", "--config=configs/moons_ipn.py",

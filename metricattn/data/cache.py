@@ -7,7 +7,8 @@ files live in its workdir (tokenizers.py) and are read and written the same way.
 
 Writing is atomic (`fileio.write_atomic`): `save_npz` for arrays; `save_checked` for files
 that cannot check themselves (a SentencePiece model, a vocabulary, a JSON record), which
-also writes NAME.sha256 beside the file (`sha256sum` format).
+also writes NAME.sha256 beside the file (`sha256sum` format). A full disk is one line
+(`fileio.NoSpace`), the file as it was before left in place.
 
 Reading goes through `load_guarded`, the one place that decides a cache file is bad: the
 file's recorded sha256 must match when there is one, and the caller's loader must read the
@@ -32,11 +33,13 @@ from typing import Callable, Iterable, TypeVar
 import numpy as np
 
 from metricattn.errors import UserError
-from metricattn.fileio import write_atomic
+from metricattn.fileio import full_disk_is_one_line, write_atomic
 
 DATA_ENV = "METRICATTN_DATA"
 CHECKSUM_SUFFIX = ".sha256"
 CORRUPT_INFIX = ".corrupt-"
+# What a full disk leaves while a cache file is written (one line, `fileio.NoSpace`).
+KEPT = "files written before are intact (written atomically)"
 _CHECKSUM_LINE = re.compile(r"([0-9a-f]{64})  (.+)\n")
 
 T = TypeVar("T")
@@ -58,10 +61,11 @@ def save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
   """Writes one .npz atomically (`fileio.write_atomic`), so that a reader never sees half a
   file and concurrent writers of the same file do not clash. The zip format keeps a CRC-32
   of every array, which `load_npz` checks."""
-  path.parent.mkdir(parents=True, exist_ok=True)
   buf = io.BytesIO()
   np.savez(buf, **arrays)
-  write_atomic(path, buf.getvalue())
+  with full_disk_is_one_line(path, KEPT):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, buf.getvalue())
 
 
 def checksum_path(path: Path) -> Path:
@@ -76,9 +80,10 @@ def save_checked(path: Path, data: bytes) -> None:
   """Writes `data` to `path` and its sha256 to NAME.sha256 beside it, both atomically (the
   file first: a kill in between leaves a file without a record, read as one written before
   records existed)."""
-  path.parent.mkdir(parents=True, exist_ok=True)
-  write_atomic(path, data)
-  write_atomic(checksum_path(path), f"{sha256(data)}  {path.name}\n")
+  with full_disk_is_one_line(path, KEPT):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, data)
+    write_atomic(checksum_path(path), f"{sha256(data)}  {path.name}\n")
 
 
 # ---------------------------------------------------------------- reading
