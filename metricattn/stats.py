@@ -138,10 +138,11 @@ def mannwhitney_p(a: list[float], b: list[float]) -> float | None:
 
 def brown_forsythe_p(a: list[float], b: list[float]) -> float | None:
   """Two-sided p-value of the Brown-Forsythe test (Levene's test about the median) that the
-  two groups have equal spread; None for fewer than two runs in a group, 1 when neither
-  group has spread (up to rounding)."""
+  two groups have equal spread; None for fewer than three runs in a group (two values are
+  always equally far from their median: the test degenerates), 1 when neither group has
+  spread (up to rounding)."""
   from scipy import stats
-  if len(a) < 2 or len(b) < 2:
+  if len(a) < 3 or len(b) < 3:
     return None
   if constant(a) and constant(b):
     return 1.0
