@@ -9,6 +9,9 @@ printed in the report: `lra_listops`), and budgets:
   quick  runs on the project's 2-core x86_64 CPU in minutes (fewer steps, sometimes fewer
          seeds or a smaller model; the report says which).
   test   a few steps and 2 seeds, for the test suite.
+  residual, pointwise   (Moon and the IPN image experiments) controls of `quick`: a residual
+         connection around each block, and no propagation at all (depth 0); mesh_seg's
+         `pointwise` is the same control.
 `python -m metricattn.experiment NAME --budget quick` runs one end to end (the runner,
 `metricattn/experiment.py`); this module only defines them.
 
@@ -16,7 +19,9 @@ The experiments with a robustness evaluation (Moon and the image classifiers) ad
 row to the three kinds, `l2_lipschitz` (ROBUSTNESS_KINDS): l2 attention with Kim,
 Papamakarios & Mnih's (ICML 2021) Lipschitz value map (`model.value_map=lipschitz`,
 metricattn/attention/layer.py). In the IPN, which has no value projection, it replaces the
-identity value: a block is H_new = S H_old A with A = P P^T / sqrt(d_Q).
+identity value: a block is H_new = S H_old A with A = P P^T / sqrt(d_Q). Moon and the IPN
+experiments also run the control kind `softmax_g` (IPN_KINDS): softmax with metric-attention's
+MLP g on queries and keys.
 """
 
 from __future__ import annotations
@@ -25,12 +30,15 @@ import dataclasses
 
 from metricattn.errors import UserError
 
-from metricattn.attention import KINDS
+from metricattn.attention import CONTROL_KINDS, KINDS
 from metricattn.attention.layer import VARIANTS
 
 # Kinds of the experiments evaluated for robustness: the three and the variants
 # (l2_lipschitz, Kim et al.'s Lipschitz l2).
 ROBUSTNESS_KINDS = (*KINDS, *VARIANTS)
+# The IPN experiments' kinds: those and the control softmax_g (softmax with metric-attention's
+# MLP g on queries and keys: a learned nonlinearity without a distance).
+IPN_KINDS = (*ROBUSTNESS_KINDS, *CONTROL_KINDS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,6 +109,20 @@ TEST_ROBUSTNESS = {"max_examples": 200, "pgd_steps": 2}
 TEST_OVERRIDES = ("train.log_every=5", "train.eval_every=10", "train.checkpoint_every=10")
 
 
+def controls(quick: Budget) -> dict[str, Budget]:
+  """The control budgets of an IPN experiment: `quick` with a residual connection around each
+  block (the three kinds), and without propagation (depth 0: the point-wise baseline, the
+  same embedding and head; the attention kind is unused)."""
+  return {"residual": dataclasses.replace(
+              quick, overrides=(*quick.overrides, "model.residual=True"), kinds=KINDS,
+              note="control: `quick` with a residual connection around each block (h + "
+                   "block(h)), the three kinds"),
+          "pointwise": dataclasses.replace(
+              quick, overrides=(*quick.overrides, "model.depth=0"), kinds=("softmax",),
+              note="control: `quick` without propagation (depth 0), the same embedding and "
+                   "head; the attention kind is unused")}
+
+
 def ipn(name: str, dataset: str, title: str, target: float, full_steps: int, full_where: str,
         quick: Budget, source: str = "") -> Experiment:
   """The paper's MNIST comparison (Fig. 3): IPN on images as vectors, on one dataset."""
@@ -108,29 +130,30 @@ def ipn(name: str, dataset: str, title: str, target: float, full_steps: int, ful
       name=name, title=title, config="configs/ipn_mnist.py",
       args=f"dataset={dataset}" + (f",source={source}" if source else ""),
       metric="test/accuracy", target=target, vmap_seeds=True, robustness=True,
-      kinds=ROBUSTNESS_KINDS,
+      kinds=IPN_KINDS,
       robustness_settings={"max_examples": 1000},
       budgets={"full": Budget(f"steps={full_steps}", note=f"{full_steps:,} steps, 10 seeds "
                               f"vmapped per kind; {full_where}"),
-               "quick": quick,
+               "quick": quick, **controls(quick),
                "test": Budget("steps=20", TEST_OVERRIDES, seeds=2, note="tests only",
                               robustness_settings=TEST_ROBUSTNESS)})
 
+
+MOONS_QUICK = Budget("steps=2000", note="2,000 steps (500 epochs, the config's default), 10 "
+                    "seeds vmapped per kind; about 2 minutes on the 2-core CPU")
 
 EXPERIMENTS = {e.name: e for e in [
     Experiment(
         name="moons", title="Moon, IPN (paper Fig. 4)", config="configs/moons_ipn.py",
         metric="test/accuracy", target=0.95, vmap_seeds=True, robustness=True,
-        kinds=ROBUSTNESS_KINDS,
+        kinds=IPN_KINDS,
         robustness_settings={"sigmas": (0.0, 0.1, 0.2, 0.3, 0.5, 0.8),
                              "epsilons": (0.0, 0.05, 0.1, 0.2, 0.3, 0.5)},
         budgets={
             "full": Budget("steps=10000", note="10,000 steps (2,500 epochs), 10 seeds "
                            "vmapped per kind; the paper gives no length; a few minutes on "
                            "a CPU, no GPU needed"),
-            "quick": Budget("steps=2000", note="2,000 steps (500 epochs, the config's "
-                            "default), 10 seeds vmapped per kind; about 2 minutes on the "
-                            "2-core CPU"),
+            "quick": MOONS_QUICK, **controls(MOONS_QUICK),
             "test": Budget("steps=20", TEST_OVERRIDES, seeds=2, note="tests only")}),
     ipn("ipn_mnist", "mnist", "MNIST, IPN (paper Fig. 3)", 0.95, 27_500, "50 epochs; one GPU",
         Budget("steps=1000", ("train.eval_every=250", "train.checkpoint_every=500"),

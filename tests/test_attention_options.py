@@ -121,7 +121,7 @@ def test_graph_attention_refuses_an_implementation():
     model(X[:3], receivers=edges[0], senders=edges[1])
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", KIND_SPECS)   # the paper's kinds and the controls
 def test_kind_properties(kind):
   spec = KIND_SPECS[kind]
   layer = lambda **kw: Attention(4, kind=kind, num_heads=1, qk_features=4, d_mlp=3,
@@ -137,6 +137,10 @@ def test_kind_properties(kind):
   dot = jnp.einsum("bqhd,bkhd->bhqk", q, k)
   ref = -d2 / 2.0 if spec.distance else dot / 2.0  # scale 1/sqrt(4)
   np.testing.assert_allclose(jax.nn.softmax(a.logits(q, k)), jax.nn.softmax(ref), atol=1e-5)
+  if spec.metric_mlp:  # g is applied to queries and keys alike (one module)
+    raw = lambda proj: proj(x).reshape(q.shape)
+    np.testing.assert_allclose(q, a.g(raw(a.q_proj)), atol=1e-6)
+    np.testing.assert_allclose(k, a.g(raw(a.k_proj)), atol=1e-6)
 
 
 @pytest.mark.parametrize("kind", [*KINDS, "l2_lipschitz"])

@@ -13,7 +13,15 @@ def test_definitions_load_with_every_budget(name):
   exp = registry.get(name)
   assert {"full", "quick", "test"} <= set(exp.budgets)
   kinds = ("softmax", "l2", "metric")
-  assert exp.kinds == (kinds + ("l2_lipschitz",) if exp.robustness else kinds)
+  ipn = exp.config in ("configs/moons_ipn.py", "configs/ipn_mnist.py")
+  assert exp.kinds == (kinds + ("l2_lipschitz", "softmax_g") if ipn
+                       else kinds + ("l2_lipschitz",) if exp.robustness else kinds)
+  if ipn:  # the controls of quick: a residual connection, and no propagation
+    assert exp.kinds_of("residual") == kinds and exp.kinds_of("pointwise") == ("softmax",)
+    for control, override in (("residual", "model.residual=True"), ("pointwise", "model.depth=0")):
+      b = exp.budgets[control]
+      assert b.overrides == (*exp.budgets["quick"].overrides, override)
+      assert (b.args, b.seeds) == (exp.budgets["quick"].args, exp.budgets["quick"].seeds)
   assert exp.budgets["full"].seeds == 10
   assert exp.metric in ("test/accuracy", "test/bleu")
   if not (experiment.REPO / exp.config).exists():
@@ -45,11 +53,12 @@ def test_moons_test_budget_end_to_end_and_resume(tmp_path, capsys):
   root = tmp_path / "exp"
   summaries = sorted(p.parent.relative_to(root).as_posix() for p in root.rglob("summary.json"))
   assert summaries == [f"attention={k}/seed={s}"
-                       for k in ("l2", "l2_lipschitz", "metric", "softmax") for s in (0, 1)]
+                       for k in ("l2", "l2_lipschitz", "metric", "softmax", "softmax_g") for s in (0, 1)]
   text = (root / "report.md").read_text()
   assert "budget **`test`**" in text and "python -m metricattn.experiment moons" in text
   assert "| attention=metric | metric | 2 |" in text and "vs attention=softmax" in text
   assert "| attention=l2_lipschitz | l2_lipschitz | 2 |" in text
+  assert "| attention=softmax_g vs attention=softmax |" in text          # the control kind
   assert (tmp_path / "results" / "report.md").read_text() == text
   assert (tmp_path / "results" / "curves.png").exists()
   # An interrupted experiment: a run without its summary and no report yet.
@@ -57,7 +66,7 @@ def test_moons_test_budget_end_to_end_and_resume(tmp_path, capsys):
   (root / "report.md").unlink()
   capsys.readouterr()
   assert experiment.main(args) == 0
-  assert "4 runs, 3 already finished, 1 to run" in capsys.readouterr().out
+  assert "5 runs, 4 already finished, 1 to run" in capsys.readouterr().out
   assert (root / "attention=l2" / "seed=1" / "summary.json").exists()
   assert (root / "report.md").exists()
   # The same root with another budget is refused.

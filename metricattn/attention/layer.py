@@ -63,15 +63,20 @@ KIND_SPECS = {
     "softmax": KindSpec(distance=False, tied=False, metric_mlp=False),
     "l2": KindSpec(distance=True, tied=True, metric_mlp=False),
     "metric": KindSpec(distance=True, tied=True, metric_mlp=True),
+    # A control beyond the paper: softmax's dot-product logits of separate query and key
+    # projections, each followed by the same MLP g as metric-attention's. Against `metric` it
+    # separates "a learned nonlinearity of q and k" from "a distance similarity".
+    "softmax_g": KindSpec(distance=False, tied=False, metric_mlp=True),
 }
-KINDS = tuple(KIND_SPECS)
+KINDS = ("softmax", "l2", "metric")            # the paper's three
+CONTROL_KINDS = ("softmax_g",)
 VALUE_MAPS = ("linear", "lipschitz")
 VARIANTS = {"l2_lipschitz": ("l2", "lipschitz")}  # name -> (kind, value map)
 
 
 def check_kind(kind: str) -> str:
-  if kind not in KINDS:
-    raise UserError(f"unknown attention kind {kind!r}; allowed: {', '.join(KINDS)}")
+  if kind not in KIND_SPECS:
+    raise UserError(f"unknown attention kind {kind!r}; allowed: {', '.join(KIND_SPECS)}")
   return kind
 
 
@@ -80,8 +85,9 @@ def parse_attention(name: str) -> tuple[str, str]:
   name in VARIANTS its own."""
   if name in VARIANTS:
     return VARIANTS[name]
-  if name not in KINDS:
-    raise UserError(f"unknown attention kind {name!r}; allowed: {', '.join([*KINDS, *VARIANTS])}")
+  if name not in KIND_SPECS:
+    raise UserError(f"unknown attention kind {name!r}; allowed: "
+                    f"{', '.join([*KIND_SPECS, *VARIANTS])}")
   return name, "linear"
 
 
@@ -215,7 +221,7 @@ class Attention(nnx.Module):
           "choose v_features a multiple of num_heads")
     spec = KIND_SPECS[kind]
     if spec.metric_mlp and d_mlp < 1:
-      raise UserError("metric attention needs d_mlp >= 1 (hidden width of its MLP g)")
+      raise UserError(f"{kind} attention needs d_mlp >= 1 (hidden width of its MLP g)")
     kv_features = kv_features or in_features
     self.num_heads = num_heads
     self.scale = scale
