@@ -48,6 +48,9 @@ self-attention, L2: l2 self-attention) on one measure of the runs of one task an
 - Steps to target: runs that never reached the target rank last. Spread: the sample standard
   deviation of the final metric over seeds. Robustness: per seed, the mean accuracy over the
   attack's strengths above zero (Gaussian noise on the inputs, FGSM, PGD), higher is better.
+- Controls (beyond the paper): MA is also compared with `softmax_g` (softmax with MA's MLP g
+  on queries and keys: a learned nonlinearity without a distance) and, for the final metric,
+  with the experiment's `pointwise` budget (no propagation: depth 0), where those were run.
 - Paired tests (paired t and Wilcoxon signed-rank on the seeds both kinds ran) are shown
   beside the unpaired ones; the verdict uses the unpaired tests.
 """
@@ -130,6 +133,26 @@ def robustness_scores(path: Path, group: str) -> dict[str, list[float]]:
   return out
 
 
+# What MA is compared with: the paper's other kinds, then the controls (#28): softmax with
+# metric-attention's MLP g (a nonlinearity without a distance) and no propagation at all (the
+# experiment's `pointwise` budget, a control of `quick`).
+OTHERS = {"softmax": "SA", "l2": "L2", "softmax_g": "softmax_g (control)",
+          "pointwise": "no propagation (control)"}
+
+
+def pointwise_group(exp: dict) -> dict | None:
+  """The group of the experiment's `pointwise` report, for a `quick` report."""
+  if exp["budget"] != "quick":
+    return None
+  for path in sorted((ROOT / "results").glob("*/report.json")):
+    report = json.loads(path.read_text())
+    e = report.get("experiment") or {}
+    if (e.get("name"), e.get("budget")) == (exp["name"], "pointwise"):
+      [group] = report["groups"].values()
+      return group
+  return None
+
+
 def task_rows(results: Path) -> tuple[dict | None, list[dict]]:
   report = json.loads((results / "report.json").read_text())
   exp, groups = report.get("experiment"), report["groups"]
@@ -143,8 +166,12 @@ def task_rows(results: Path) -> tuple[dict | None, list[dict]]:
           "seeds": ", ".join(f"{k} {g['final']['n']}" for k, g in kinds.items()),
           "levelled": {k: levelled(g, metric) for k, g in kinds.items()},
           "note": exp.get("budget_note", "")}
+  pointwise = pointwise_group(exp)
+  if pointwise:
+    kinds["pointwise"] = pointwise
+    info["levelled"]["pointwise"] = levelled(pointwise, metric)
   rows = []
-  for other in ("softmax", "l2"):
+  for other in OTHERS:
     if other not in kinds:
       continue
     o = kinds[other]
@@ -154,20 +181,26 @@ def task_rows(results: Path) -> tuple[dict | None, list[dict]]:
     common = dict(seeds_a=ma["seeds"], seeds_b=o["seeds"], digits=d)
     rows.append(claim(task, "accuracy", f"final {metric} higher", other, ma["final_values"],
                       o["final_values"], better=+1, level=level, **common))
+    if other == "pointwise":  # propagation against none: only the final metric
+      continue
     if report.get("target") is not None:
-      rows.append(claim(task, "steps to target", f"fewer steps to {metric} {report['target']:g}", other,
+      rows.append(claim(task, "steps to target",
+                        f"fewer steps to {metric} {report['target']:g}", other,
                         per_run(ma, "steps_to_target"), per_run(o, "steps_to_target"),
                         better=-1, kind="ranks", **common))
     if None not in per_run(ma, "loss_auc") + per_run(o, "loss_auc"):
-      rows.append(claim(task, "loss AUC", "lower training-loss AUC/step", other, per_run(ma, "loss_auc"),
-                        per_run(o, "loss_auc"), better=-1, **{**common, "digits": 4}))
-    rows.append(claim(task, "spread", "smaller spread of the final metric", other, ma["final_values"],
-                      o["final_values"], better=-1, kind="spread", **common))
+      rows.append(claim(task, "loss AUC", "lower training-loss AUC/step", other,
+                        per_run(ma, "loss_auc"), per_run(o, "loss_auc"), better=-1,
+                        **{**common, "digits": 4}))
+    rows.append(claim(task, "spread", "smaller spread of the final metric", other,
+                      ma["final_values"], o["final_values"], better=-1, kind="spread",
+                      **common))
     rob_ma = robustness_scores(results / "robustness.json", f"attention={MA}")
     rob_o = robustness_scores(results / "robustness.json", f"attention={other}")
     for attack in rob_ma:
       if attack in rob_o:
-        rows.append(claim(task, f"robustness: {attack}", f"more accurate under {attack} (robustness)", other,
+        rows.append(claim(task, f"robustness: {attack}",
+                          f"more accurate under {attack} (robustness)", other,
                           rob_ma[attack], rob_o[attack], better=+1, **common))
   return info, rows
 
@@ -194,15 +227,15 @@ def page() -> str:
         ", ".join(f"{k} {fmt_level(v)}" for k, v in i["levelled"].items()), i["note"]]
        for i in infos])
   lines += ["", "## Verdicts by task", "",
-            "One cell per claim and task: MA against SA / MA against L2.",
-            ""]
+            "One row per task and what MA is compared with; one cell per claim.", ""]
   claims = list(dict.fromkeys(r["key"] for r in rows))
   matrix = []
   for i in infos:
-    got = {(r["key"], r["other"]): r["verdict"] for r in rows if r["task"] == i["task"]}
-    matrix.append([i["task"], *(" / ".join(brief(got.get((c, o), "-")) for o in ("softmax", "l2"))
-                                for c in claims)])
-  lines += markdown_table(["task", *claims], matrix)
+    for other, label in OTHERS.items():
+      got = {r["key"]: r["verdict"] for r in rows if r["task"] == i["task"] and r["other"] == other}
+      if got:
+        matrix.append([i["task"], f"MA vs {label}", *(brief(got.get(c, "-")) for c in claims)])
+  lines += markdown_table(["task", "comparison", *claims], matrix)
   lines += ["", "*: at this budget, the runs not levelled off or levelling not measured (see the "
             "rule). Undecided cells give their reason in the rows below."]
   lines += ["", "## Claims", ""]
