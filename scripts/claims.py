@@ -2,6 +2,9 @@
 
   python scripts/claims.py [--check]
 
+It also rewrites the README's summary block (between `<!-- claims -->` and
+`<!-- /claims -->`): the final-metric verdict per task and comparison.
+
 Reads every results/NAME/report.json written by `python -m metricattn.experiment` (and its
 robustness.json, if any), recomputes the statistics from the per-seed values stored there and
 gives each claim a verdict by the rule printed at the top of the page. `--check` only says
@@ -14,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import sys
 from pathlib import Path
 
@@ -205,13 +209,18 @@ def task_rows(results: Path) -> tuple[dict | None, list[dict]]:
   return info, rows
 
 
-def page() -> str:
+def collect() -> tuple[list[dict], list[dict]]:
+  """(one dict per task, one row per claim) from results/*/report.json."""
   infos, rows = [], []
   for results in sorted((ROOT / "results").glob("*/report.json")):
     info, r = task_rows(results.parent)
     if info:
       infos.append(info)
       rows += r
+  return infos, rows
+
+
+def page(infos: list[dict], rows: list[dict]) -> str:
   lines = ["# The paper's claims, judged from our runs", "",
            "Made by `python scripts/claims.py` from `results/*/report.json` (and "
            "`robustness.json`); a test fails when this page is out of date. Each report says "
@@ -252,19 +261,46 @@ def page() -> str:
   return "\n".join(lines) + "\n"
 
 
+README = ROOT / "README.md"
+README_BLOCK = re.compile(r"(<!-- claims -->\n)(.*?)(<!-- /claims -->)", re.S)
+
+
+def readme_table(infos: list[dict], rows: list[dict]) -> str:
+  """The README's summary: per task, the final-metric claim against each comparison."""
+  others = [o for o in OTHERS if any(r["other"] == o for r in rows)]
+  table = []
+  for i in infos:
+    got = {r["other"]: r for r in rows if r["task"] == i["task"] and r["key"] == "accuracy"}
+    table.append([i["task"], *(f"{got[o]['shown']}: {brief(got[o]['verdict'])}" if o in got
+                               else "-" for o in others)])
+  return "\n".join(markdown_table(
+      ["task (budget)", *(f"MA - {OTHERS[o]}" for o in others)], table)) + "\n"
+
+
+def render() -> tuple[str, str]:
+  """(docs/claims.md, README.md) as they should be."""
+  infos, rows = collect()
+  readme = README.read_text()
+  readme = README_BLOCK.sub(lambda m: m.group(1) + readme_table(infos, rows) + m.group(3),
+                            readme)
+  return page(infos, rows), readme
+
+
 def main() -> int:
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--check", action="store_true", help="only say whether the page is stale")
   a = p.parse_args()
-  text = page()
-  if PAGE.exists() and PAGE.read_text() == text:
-    return 0
-  if a.check:
-    print(f"out of date: {PAGE.relative_to(ROOT)}: run python scripts/claims.py")
-    return 1
-  PAGE.write_text(text)
-  print(f"wrote {PAGE.relative_to(ROOT)}")
-  return 0
+  stale = 0
+  for path, text in zip((PAGE, README), render()):
+    if path.exists() and path.read_text() == text:
+      continue
+    stale += 1
+    if a.check:
+      print(f"out of date: {path.relative_to(ROOT)}: run python scripts/claims.py")
+    else:
+      path.write_text(text)
+      print(f"wrote {path.relative_to(ROOT)}")
+  return 1 if a.check and stale else 0
 
 
 if __name__ == "__main__":

@@ -10,8 +10,12 @@ import claims  # noqa: E402
 
 
 def test_claims_page_is_made_from_the_committed_reports():
-  assert (ROOT / "docs" / "claims.md").read_text() == claims.page(), (
+  page, readme = claims.render()
+  assert (ROOT / "docs" / "claims.md").read_text() == page, (
       "docs/claims.md is stale: run python scripts/claims.py")
+  assert "<!-- claims -->" in readme
+  assert (ROOT / "README.md").read_text() == readme, (
+      "README.md's claims block is stale: run python scripts/claims.py")
 
 
 def test_verdict_rule():
