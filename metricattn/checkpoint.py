@@ -45,12 +45,16 @@ class DiskFull(NoSpace):
 
 
 class Checkpointer:
-  """Keeps the last `keep` checkpoints in `workdir/checkpoints`."""
+  """Keeps the last `keep` checkpoints in `workdir/checkpoints`. `owner`: the run that holds
+  the workdir's lock, which removes the half-written checkpoints (orbax's
+  `*.orbax-checkpoint-tmp*`) that a kill mid-save left; readers never do (a live run may be
+  writing one)."""
 
-  def __init__(self, workdir: str | Path, keep: int | None):
+  def __init__(self, workdir: str | Path, keep: int | None, owner: bool = False):
     self.directory = Path(workdir).absolute() / "checkpoints"
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
-                                           enable_async_checkpointing=False)
+                                           enable_async_checkpointing=False,
+                                           cleanup_tmp_directories=owner)
     with quiet_orbax_log():
       self.manager = ocp.CheckpointManager(
           self.directory, options=options,

@@ -10,6 +10,8 @@ a cluster JAX recognises (SLURM, Open MPI, TPU pods); see `metricattn.multihost`
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 import traceback
 
@@ -157,6 +159,18 @@ def train() -> None:
 
 
 def fail_interrupted(message: str, code: int) -> None:
+  """Prints the one line and exits with `code`. A second SIGINT while Python and JAX shut
+  down (their atexit handlers) ends the process at once, quietly, with the same code: the
+  checkpoint is written by then, and a KeyboardInterrupt there prints a traceback."""
+  def quiet_exit(signum, frame):
+    try:
+      sys.stdout.flush()
+      sys.stderr.flush()
+    except Exception:  # noqa: BLE001 (interrupted mid-write: what is unwritten is dropped)
+      pass
+    os._exit(code)
+
+  signal.signal(signal.SIGINT, quiet_exit)
   print(message, file=sys.stderr)
   sys.exit(code)
 

@@ -361,7 +361,7 @@ def _train_locked(configs, workdirs: list[Path], ckpt_dir: Path, stacked: bool,
 
   # Restore the newest readable checkpoint, if any, after checking the settings it was
   # written with; only then does config.json describe this run.
-  ckpt = Checkpointer(ckpt_dir, config.train.keep_checkpoints)
+  ckpt = Checkpointer(ckpt_dir, config.train.keep_checkpoints, owner=True)
   meta = {"step": 0, "train_seconds": 0.0, "timed_steps": 0, "wall_seconds": 0.0,
           "data_seconds": 0.0, "runs": [{} for _ in configs], "plateau": plateau.state}
   changes = [runs_lib.check_resume(w, c, allow_config_change) if ckpt.latest_step() else []

@@ -316,6 +316,41 @@ def read_lines(path):
     return []
 
 
+def test_second_sigint_during_shutdown_is_quiet_and_the_checkpoint_restores(tmp_path):
+  """Ctrl-C twice: the second arrives while Python and JAX shut down (their atexit handlers,
+  which printed a KeyboardInterrupt traceback): still the one line, exit 130; a half-written
+  checkpoint that a second Ctrl-C mid-save leaves is removed by the next run."""
+  workdir = tmp_path / "run"
+  run = ["metricattn.main", "--config=configs/moons_ipn.py", f"--workdir={workdir}",
+         "--config.train.checkpoint_every=20", "--config.train.log_every=10"]
+  proc = subprocess.Popen([sys.executable, "-m", *run, "--config.train.steps=1000000"],
+                          cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  try:
+    deadline = time.monotonic() + 120
+    while len(read_lines(workdir / "metrics.jsonl")) < 2:
+      assert proc.poll() is None, proc.communicate()[1]
+      assert time.monotonic() < deadline, "no metrics after 120 s"
+      time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    first = proc.stderr.readline()
+    proc.send_signal(signal.SIGINT)  # at once: the process is exiting
+    rest = proc.communicate(timeout=60)[1]
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+      proc.wait()
+  assert proc.returncode == 130, first + rest
+  assert rest == "", rest
+  step = int(re.match(r"SIGINT: stopped at step (\d+) of 1000000 with a checkpoint", first)[1])
+  half = workdir / "checkpoints" / f"{step + 1}.orbax-checkpoint-tmp-0"
+  half.mkdir()  # what a second Ctrl-C during a save leaves
+  resumed = cli(*run, f"--config.train.steps={step + 5}")
+  assert resumed.returncode == 0, resumed.stderr
+  assert f"resuming at step {step}" in resumed.stdout
+  assert sorted(p.name for p in (workdir / "checkpoints").iterdir())[-1] == str(step + 5)
+  assert not half.exists()
+
+
 # ---------------------------------------------------------------- 10. vmapped seeds
 
 def test_evaluate_and_robustness_on_vmapped_seeds(tmp_path):
