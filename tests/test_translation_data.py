@@ -132,6 +132,26 @@ def test_tokenizer_saved_and_reused(multi30k_dir, tmp_path, monkeypatch):
     Multi30kData(multi30k_config(data_dir, work, vocab_size=80))
 
 
+def test_too_small_a_vocabulary_is_one_line(multi30k_dir, tmp_path):
+  """SentencePiece refuses fewer pieces than the training split has characters: through
+  `main`, one `error:` line naming data.vocab_size, the least it takes and the key to set;
+  that least value then trains."""
+  from tests.helpers import cli
+  data_dir, _ = multi30k_dir
+  r = cli("metricattn.main", "--config=configs/multi30k_transformer.py:batch=4",
+          f"--workdir={tmp_path / 'run'}", f"--config.data.data_dir={data_dir}",
+          "--config.data.vocab_size=20", "--config.train.steps=1")
+  assert r.returncode == 2, r.stderr[-2000:]
+  assert r.stderr.startswith("error: data.vocab_size=20 is too small for the training split "
+                             "of this corpus: SentencePiece needs a piece for each of its "
+                             "characters and the special ids, at least "), r.stderr[-2000:]
+  assert len(r.stderr.splitlines()) == 1, r.stderr[-2000:]
+  least = int(r.stderr.split("at least ")[1].split(";")[0])
+  assert r.stderr.endswith(f"; set --config.data.vocab_size={least} or more\n")
+  with pytest.raises(tok.VocabTooSmall, match=f"^data.vocab_size={least - 1} is too small"):
+    Multi30kData(multi30k_config(data_dir, tmp_path / "w1", vocab_size=least - 1))
+  Multi30kData(multi30k_config(data_dir, tmp_path / "w2", vocab_size=least))
+
 def test_separate_vocabularies(multi30k_dir, tmp_path):
   data_dir, texts = multi30k_dir
   data = Multi30kData(multi30k_config(data_dir, tmp_path / "work", shared_vocab=False))

@@ -57,6 +57,7 @@ import subprocess
 import unicodedata
 from pathlib import Path
 
+from metricattn.data.tokenizers import VocabTooSmall
 from metricattn.data.translation import ParallelData, tokenize_splits
 from metricattn.errors import UserError
 
@@ -317,36 +318,17 @@ def l10n_texts(d) -> dict[str, tuple[list[str], list[str]]]:
                        d.test_permille, d.batch_size, d.get("train_pairs", 0))
 
 
-_TOO_FEW_PIECES = re.compile(r"Vocabulary size is smaller than required_chars\. (\d+) vs (\d+)")
-
-
-def vocab_size_error(error: Exception, d) -> UserError | None:
-  """SentencePiece's refusal of a vocabulary smaller than the training split's characters
-  (it keeps every character: character_coverage 1.0) as one line naming data.vocab_size and
-  the minimum, or None for any other error."""
-  found = _TOO_FEW_PIECES.search(str(error))
-  if found is None or d.tokenizer != "sentencepiece":
-    return None
-  return UserError(
-      f"data.vocab_size={d.vocab_size} is too small for the training split of this corpus "
-      f"({d.lang}, {d.min_words}-{d.max_words} English words): SentencePiece needs a piece "
-      f"for each of its characters and the special ids, at least {found[2]}; set "
-      f"--config.data.vocab_size={found[2]} or more")
-
-
 class DebianL10nData(ParallelData):
   """English -> data.lang pairs of the installed catalogues (see the module docstring)."""
 
   def __init__(self, config, tokenizer_dir: str | Path | None = None):
-    texts = l10n_texts(config.data)
+    d = config.data
+    texts = l10n_texts(d)
     try:
-      splits, src_tok, tgt_tok = tokenize_splits(config.data, texts, ("en", config.data.lang),
-                                                 tokenizer_dir)
-    except RuntimeError as e:
-      error = vocab_size_error(e, config.data)
-      if error is None:
-        raise
-      raise error from None
+      splits, src_tok, tgt_tok = tokenize_splits(d, texts, ("en", d.lang), tokenizer_dir)
+    except VocabTooSmall as e:  # name the corpus
+      raise VocabTooSmall(e.vocab_size, e.needed, f"the training split of this corpus "
+                          f"({d.lang}, {d.min_words}-{d.max_words} English words)") from None
     super().__init__(config, splits, src_tok.vocab_size, tgt_tok.vocab_size, tgt_tok.decode,
                      eval_splits=("val", "test"))
     self.tokenizers = {"src": src_tok, "tgt": tgt_tok}

@@ -74,15 +74,39 @@ class SentencePieceTokenizer:
     return self.sp.decode([int(i) for i in ids])
 
 
+_TOO_FEW_PIECES = re.compile(r"Vocabulary size is smaller than required_chars\. (\d+) vs (\d+)")
+
+
+class VocabTooSmall(UserError):
+  """SentencePiece's refusal of fewer pieces than the training text has characters (it keeps
+  every character: character_coverage 1.0) and special ids: one line naming
+  data.vocab_size, the least it takes (`needed`) and the text (`what`)."""
+
+  def __init__(self, vocab_size: int, needed: int,
+               what: str = "the training split of this corpus"):
+    self.vocab_size, self.needed = vocab_size, needed
+    super().__init__(
+        f"data.vocab_size={vocab_size} is too small for {what}: SentencePiece needs a piece "
+        f"for each of its characters and the special ids, at least {needed}; set "
+        f"--config.data.vocab_size={needed} or more")
+
+
 def train_sentencepiece(lines: Iterable[str], vocab_size: int) -> bytes:
   """A unigram model trained on `lines`, as the bytes of a .model file (deterministic: one
-  thread, every line used, so the same lines give the same bytes)."""
+  thread, every line used, so the same lines give the same bytes). VocabTooSmall when
+  `vocab_size` is below what the lines' characters need."""
   import sentencepiece as spm
   buf = io.BytesIO()
-  spm.SentencePieceTrainer.train(
-      sentence_iterator=iter(lines), model_writer=buf, vocab_size=vocab_size,
-      model_type="unigram", character_coverage=1.0, hard_vocab_limit=False,
-      pad_id=PAD, unk_id=UNK, bos_id=BOS, eos_id=EOS, num_threads=1, minloglevel=2)
+  try:
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(lines), model_writer=buf, vocab_size=vocab_size,
+        model_type="unigram", character_coverage=1.0, hard_vocab_limit=False,
+        pad_id=PAD, unk_id=UNK, bos_id=BOS, eos_id=EOS, num_threads=1, minloglevel=2)
+  except RuntimeError as e:
+    found = _TOO_FEW_PIECES.search(str(e))
+    if found is None:
+      raise
+    raise VocabTooSmall(vocab_size, int(found[2])) from None
   return buf.getvalue()
 
 
