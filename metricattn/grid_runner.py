@@ -69,11 +69,18 @@ def progress_line(name: str, step: int, total: int, start_step: int, seconds: fl
 def show_progress(jobs: dict, totals: dict, root: Path, stop: threading.Event,
                   every: float) -> None:
   """Every `every` seconds, one line per running job: steps done, steps/s since the job
-  started (its start-up and compilation included), time left at that speed."""
+  started (its start-up and compilation included), time left at that speed. A job that has
+  not logged a step yet (starting, compiling) gets one "starting" line, not one per tick."""
+  started = set()
   while not stop.wait(every):
     for logdir, (workdir, t0, step0) in list(jobs.items()):
-      say(progress_line(str(logdir.relative_to(root)), last_step(workdir), totals[logdir],
-                        step0, time.perf_counter() - t0))
+      step = last_step(workdir)
+      if step <= step0:
+        if (logdir, t0) in started:
+          continue
+        started.add((logdir, t0))
+      say(progress_line(str(logdir.relative_to(root)), step, totals[logdir], step0,
+                        time.perf_counter() - t0))
 
 
 def run_grid(config: str, grid: list[str], seeds: list[int], root: Path,
@@ -97,8 +104,8 @@ def run_grid(config: str, grid: list[str], seeds: list[int], root: Path,
     raise UserError(f"{len(live)} of the runs under {root} are still training in another "
                     f"process (e.g. {live[0]}, pid {runs_lib.lock_holder(live[0])}): an "
                     "earlier sweep's; wait for it to finish or stop it, then rerun")
-  say(f"{len(runs)} runs, {len(runs) - len(todo)} already finished, {len(todo)} to run "
-      f"with {jobs} job(s)")
+  say(f"{len(runs)} runs, {len(runs) - len(todo)} already finished, {len(todo)} to run"
+      + (f" with {jobs} job(s)" if todo else ": nothing to do"))
   failed, running, stop, t0 = 0, {}, threading.Event(), time.perf_counter()
   if progress_every > 0:
     threading.Thread(target=show_progress, args=(running, totals, root, stop, progress_every),

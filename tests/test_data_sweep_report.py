@@ -64,7 +64,9 @@ def test_sweep_skips_finished_runs_and_report_summarises(tmp_path, capsys):
       "attention=softmax/seed=0", "attention=softmax/seed=1"]
   capsys.readouterr()
   assert sweep_main(args) == 0
-  assert "4 runs, 4 already finished, 0 to run" in capsys.readouterr().out
+  out = capsys.readouterr().out
+  assert "4 runs, 4 already finished, 0 to run: nothing to do\n" in out
+  assert "sweep:" not in out  # no "0 of 0 runs ok"
   assert report_main([str(tmp_path)]) == 0
   text = (tmp_path / "report.md").read_text()
   assert "| attention=metric | metric | 2 |" in text
@@ -74,3 +76,27 @@ def test_sweep_skips_finished_runs_and_report_summarises(tmp_path, capsys):
 
 def test_report_without_runs_fails(tmp_path):
   assert report_main([str(tmp_path)]) == 2
+
+
+def test_progress_says_starting_once_per_run(tmp_path, capsys):
+  """While a run starts and compiles (no step logged yet) the progress thread prints its
+  "starting" line once, not once per tick; a step logged gives a line with its speed."""
+  import threading
+  import time
+  from metricattn.grid_runner import show_progress
+  workdir = tmp_path / "attention=l2" / "seed=0"
+  workdir.mkdir(parents=True)
+  jobs = {workdir: (workdir, time.perf_counter(), 0)}
+  stop = threading.Event()
+  thread = threading.Thread(target=show_progress, args=(jobs, {workdir: 100}, tmp_path, stop,
+                                                         0.01))
+  thread.start()
+  time.sleep(0.3)  # about 30 ticks
+  (workdir / "metrics.jsonl").write_text('{"step": 10, "split": "train"}\n')
+  time.sleep(0.1)
+  stop.set()
+  thread.join()
+  lines = capsys.readouterr().out.splitlines()
+  assert lines[0] == "  attention=l2/seed=0: step 0/100, 0.0 steps/s, starting"
+  assert sum("starting" in line for line in lines) == 1, lines
+  assert lines[1].startswith("  attention=l2/seed=0: step 10/100, ") and "s left" in lines[1]
