@@ -30,6 +30,7 @@ FRACTION = (lambda v: _real(v) and 0 <= v < 1, "a number in [0, 1)")
 FACTOR = (lambda v: _real(v) and 0 <= v <= 1, "a number in [0, 1] (0: off)")
 SEED_OR_DEFAULT = (lambda v: _int(v) and v >= -1, "an integer >= 0, or -1 for the run's seed")
 OPTIONAL_POSITIVE = (lambda v: v is None or (_real(v) and v > 0), "None or a finite number > 0")
+COUNT_OR_ALL = (lambda v: _int(v) and v >= 0, "an integer >= 0 (0: all)")
 
 RULES = {
     "": {"seed": NON_NEGATIVE_INT},
@@ -42,6 +43,7 @@ RULES = {
         "max_depth": POSITIVE_INT, "max_args": POSITIVE_INT, "min_words": POSITIVE_INT,
         "max_words": POSITIVE_INT, "num_words": POSITIVE_INT,
         "val_permille": NON_NEGATIVE_INT, "test_permille": NON_NEGATIVE_INT,
+        "train_pairs": COUNT_OR_ALL,
     },
     "model": {
         "width": POSITIVE_INT, "qk_dim": POSITIVE_INT, "d_model": POSITIVE_INT,

@@ -43,6 +43,17 @@ def test_bad_value_is_named(key, value, message):
     check_values(config)
 
 
+@pytest.mark.parametrize("value", [-1, 1.5, None, True, "all"])
+def test_train_pairs_is_a_count_or_0_for_all(value):
+  """data.train_pairs (l10n: training pairs kept, 0 = all) is checked with the others."""
+  import ml_collections
+  for good in (0, 1000):
+    check_values(ml_collections.ConfigDict({"data": {"train_pairs": good}}))
+  with pytest.raises(UserError, match=r"^data\.train_pairs must be an integer >= 0 \(0: all\); "
+                     f"got {value!r}$"):
+    check_values(ml_collections.ConfigDict({"data": {"train_pairs": value}}))
+
+
 def test_every_registered_budget_passes():
   for exp in registry.EXPERIMENTS.values():
     for budget in exp.budgets:
