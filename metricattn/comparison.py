@@ -11,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-from metricattn import plots, stats
+from metricattn import baselines, plots, stats
 from metricattn.errors import UserError
 from metricattn.fileio import full_disk_is_one_line, read_json, read_jsonl, write_atomic
 from metricattn import runs as runs_lib
@@ -377,8 +377,11 @@ def write_report(root: Path, *, target: float | None = None, experiment: dict | 
   if target is None and experiment:
     target = experiment.get("target")
   more_lines = []
+  if (root / "baselines.json").exists():  # written by metricattn.experiment
+    more_lines = [*more_lines, *baselines.markdown_lines(read_json(root / "baselines.json")), ""]
   if (root / STUDY_FILE).exists():  # an Optuna study's root
-    more_lines, study_figures = study_section(root)
+    study_lines, study_figures = study_section(root)
+    more_lines = [*more_lines, *study_lines]
     more_figures = [*more_figures, *study_figures]
   with full_disk_is_one_line(root / "report.md", "the runs and the report files written "
                              "before are intact"):  # each file is written atomically

@@ -7,7 +7,9 @@
 Steps: check the config and the data; record the definition in ROOT/experiment.json; run the
 grid (attention kinds x seeds, as `metricattn.sweep` would: `grid_runner.run_grid`; seeds
 vmapped in one program where the experiment says so); for image classifiers, the robustness
-evaluation (`robustness_eval.run`); the experiment's own figure where it has one
+evaluation (`robustness_eval.run`); the trivial baselines on the same data
+(`baselines.compute`, ROOT/baselines.json; `--no-baselines` skips them); the experiment's own
+figure where it has one
 (`Experiment.figure`: ROOT/segmentation.png for mesh_seg); then ROOT/report.md with its
 figures (`report.write_report`). Every step skips finished work, so after an interrupt the
 same command finishes the experiment. `--results DIR` copies the
@@ -39,7 +41,7 @@ from metricattn.grid_runner import run_grid
 REPO = Path(__file__).resolve().parents[1]
 # What every experiment may write into ROOT and --results copies (with its own figure).
 OUTPUTS = ("report.md", "report.json", "curves.png", "violin.png", "robustness.md",
-           "robustness.json", "robustness.png")
+           "robustness.json", "robustness.png", "baselines.json")
 
 
 def config_path(exp: registry.Experiment) -> Path:
@@ -149,8 +151,19 @@ def evaluate_robustness(exp: registry.Experiment, budget: str, root: Path) -> No
     raise UserError(f"the robustness evaluation of {root} failed: {e}") from None
 
 
+def write_baselines(name: str, budget: str, root: Path) -> None:
+  """ROOT/baselines.json: the trivial baselines on the runs' data (`metricattn.baselines`),
+  once; the report prints them."""
+  from metricattn import baselines
+  path = root / "baselines.json"
+  if not path.exists():
+    print(f"experiment {name}, budget {budget}: trivial baselines", flush=True)
+    write_atomic(path, json.dumps(baselines.compute(name, budget), indent=2) + "\n")
+
+
 def run(name: str, budget: str, root: Path | None, jobs: int | None,
-        results: Path | None, command: str, robust: bool = True) -> int:
+        results: Path | None, command: str, robust: bool = True,
+        with_baselines: bool = True) -> int:
   from metricattn.comparison import write_report
   t0 = time.perf_counter()
   exp = registry.get(name)
@@ -173,6 +186,8 @@ def run(name: str, budget: str, root: Path | None, jobs: int | None,
                     "the same command to finish")
   if exp.robustness and robust:
     evaluate_robustness(exp, budget, root)
+  if with_baselines:
+    write_baselines(name, budget, root)
   more = [draw_figure(exp.figure, root)] if exp.figure else []
   write_report(root, experiment=meta, more_figures=more)
   print(f"wrote {root / 'report.md'}")
@@ -206,6 +221,8 @@ def main(argv: list[str] | None = None) -> int:
   p.add_argument("--results", type=Path, default=None, help="copy report and figures here")
   p.add_argument("--no-robustness", action="store_true",
                  help="skip the robustness evaluation of image classifiers")
+  p.add_argument("--no-baselines", action="store_true",
+                 help="skip the trivial baselines (metricattn.baselines) in the report")
   p.add_argument("--list", action="store_true", help="list the experiments and budgets")
   a = p.parse_args(argv)
   if a.list or not a.name:
@@ -214,7 +231,8 @@ def main(argv: list[str] | None = None) -> int:
   command = "python -m metricattn.experiment " + shlex.join(sys.argv[1:] if argv is None
                                                            else argv)
   try:
-    return run(a.name, a.budget, a.root, a.jobs, a.results, command, not a.no_robustness)
+    return run(a.name, a.budget, a.root, a.jobs, a.results, command, not a.no_robustness,
+               not a.no_baselines)
   except UserError as e:
     return error(str(e))
 

@@ -59,6 +59,8 @@ def test_moons_test_budget_end_to_end_and_resume(tmp_path, capsys):
   assert "| attention=metric | metric | 2 |" in text and "vs attention=softmax" in text
   assert "| attention=l2_lipschitz | l2_lipschitz | 2 |" in text
   assert "| attention=softmax_g vs attention=softmax |" in text          # the control kind
+  assert "## Trivial baselines" in text and "| kNN (k = 15) |" in text   # on the runs' data
+  assert (tmp_path / "results" / "baselines.json").exists()
   assert (tmp_path / "results" / "report.md").read_text() == text
   assert (tmp_path / "results" / "curves.png").exists()
   # An interrupted experiment: a run without its summary and no report yet.
