@@ -54,7 +54,11 @@ self-attention, L2: l2 self-attention) on one measure of the runs of one task an
   attack's strengths above zero (Gaussian noise on the inputs, FGSM, PGD), higher is better.
 - Controls (beyond the paper): MA is also compared with `softmax_g` (softmax with MA's MLP g
   on queries and keys: a learned nonlinearity without a distance) and, for the final metric,
-  with the experiment's `pointwise` budget (no propagation: depth 0), where those were run.
+  with the experiment's `pointwise` budget (no propagation: depth 0), where those were run,
+  and with the best trivial baseline of `results/NAME/baselines.json` (logistic regression,
+  kNN, a point-wise MLP; copy-the-source or retrieval for translation; `python -m
+  metricattn.baselines`), on the same data: a deterministic baseline on one split counts as a
+  group without spread, one value per seed.
 - Paired tests (paired t and Wilcoxon signed-rank on the seeds both kinds ran) are shown
   beside the unpaired ones; the verdict uses the unpaired tests.
 """
@@ -88,7 +92,8 @@ def brief(verdict: str) -> str:
 
 
 def claim(task: str, key: str, what: str, other: str, a: list, b: list, seeds_a, seeds_b, *,
-          better: int, digits: int, level: str = "", kind: str = "mean") -> dict:
+          better: int, digits: int, level: str = "", kind: str = "mean",
+          label: str = "") -> dict:
   """One row: MA's per-seed values `a` against the other kind's `b`; `kind` is "mean" (a
   difference of means), "ranks" (steps to target; None = never reached) or "spread"."""
   n = min(len(a), len(b))
@@ -120,7 +125,7 @@ def claim(task: str, key: str, what: str, other: str, a: list, b: list, seeds_a,
   v = verdict(diff, better, n, p, ci)
   if level and v in ("supported", "contradicted"):
     v += f" at this budget ({level})"
-  return {"task": task, "key": key, "other": other, "claim": f"{what}: MA vs {other}", "n": f"{len(a)} / {len(b)}",
+  return {"task": task, "key": key, "other": other, "claim": f"{what}: MA vs {label or other}", "n": f"{len(a)} / {len(b)}",
           "shown": shown, **cells, "verdict": v}
 
 
@@ -141,7 +146,30 @@ def robustness_scores(path: Path, group: str) -> dict[str, list[float]]:
 # metric-attention's MLP g (a nonlinearity without a distance) and no propagation at all (the
 # experiment's `pointwise` budget, a control of `quick`).
 OTHERS = {"softmax": "SA", "l2": "L2", "softmax_g": "softmax_g (control)",
-          "pointwise": "no propagation (control)"}
+          "pointwise": "no propagation (control)", "baseline": "best trivial baseline"}
+
+
+def baseline_group(results: Path, exp: dict, metric: str, seeds: list[int]) -> dict | None:
+  """The best trivial baseline of results/NAME/baselines.json (`metricattn.baselines`, made
+  on the same budget's data) as a group: its per-seed values where it has one per run seed,
+  else its one value for every seed (a deterministic method on one split has no spread)."""
+  path = results / "baselines.json"
+  if not path.exists():
+    return None
+  data = json.loads(path.read_text())
+  if data.get("budget") != exp["budget"]:
+    return None
+  scored = [b for b in data["baselines"] if metric in b["metrics"]]
+  if not scored:
+    return None
+  best = max(scored, key=lambda b: b["metrics"][metric]["mean"])
+  m = best["metrics"][metric]
+  if data.get("seeds") and len(m["values"]) == len(data["seeds"]):
+    values, own = m["values"], data["seeds"]
+  else:
+    values, own = [m["mean"]] * len(seeds), seeds
+  return {"name": best["name"], "final_values": values, "seeds": own,
+          "final": stats.summarize(values), "per_run": [{} for _ in values]}
 
 
 def pointwise_group(exp: dict) -> dict | None:
@@ -174,6 +202,11 @@ def task_rows(results: Path) -> tuple[dict | None, list[dict]]:
   if pointwise:
     kinds["pointwise"] = pointwise
     info["levelled"]["pointwise"] = levelled(pointwise, metric)
+  baseline = baseline_group(results, exp, metric, ma["seeds"])
+  if baseline:
+    kinds["baseline"] = baseline
+    info["levelled"]["baseline"] = True    # a method fitted to convergence, not a curve
+    info["baseline"] = baseline["name"]
   rows = []
   for other in OTHERS:
     if other not in kinds:
@@ -183,9 +216,10 @@ def task_rows(results: Path) -> tuple[dict | None, list[dict]]:
     level = ("" if all(lv) else "not levelled off" if None not in lv
              else "levelling not measured")
     common = dict(seeds_a=ma["seeds"], seeds_b=o["seeds"], digits=d)
+    label = f"the best trivial baseline, {o['name']}" if other == "baseline" else other
     rows.append(claim(task, "accuracy", f"final {metric} higher", other, ma["final_values"],
-                      o["final_values"], better=+1, level=level, **common))
-    if other == "pointwise":  # propagation against none: only the final metric
+                      o["final_values"], better=+1, level=level, label=label, **common))
+    if other in ("pointwise", "baseline"):  # only the final metric
       continue
     if report.get("target") is not None:
       rows.append(claim(task, "steps to target",
