@@ -43,3 +43,16 @@ def test_claim_rows_on_known_values():
                                      better=-1, digits=4, kind="spread")["verdict"]
   assert spread(narrow, wide) == "supported" and spread(wide, narrow) == "contradicted"
   assert spread(better, [v - 0.3 for v in better]) == "undecided (p = 1.000)"  # same spread
+
+
+def test_compare_reports_seed_by_seed():
+  import compare_reports
+  group = lambda finals, losses: {"seeds": [0, 1], "final_values": finals,
+                                  "per_run": [{"final_loss": l} for l in losses]}
+  old = {"metric": "test/accuracy", "groups": {"attention=metric": group([0.9, 0.8], [0.1, 0.2]),
+                                                "attention=l2": group([0.7, 0.6], [0.3, 0.3])}}
+  new = {"metric": "test/accuracy", "groups": {"attention=metric": group([0.9, 0.8], [0.1, 0.25])}}
+  assert compare_reports.compare(old, new) == [
+      "attention=metric: 2 seeds, test/accuracy bitwise equal, final train loss max "
+      "|difference| 0.05",
+      "attention=l2: missing in the second report"]
