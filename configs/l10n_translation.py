@@ -41,7 +41,8 @@ Fields (every one is read by the trainer, the data, the task or the model):
   data.name, .lang, .locale_dir, .min_words, .max_words, .val_permille, .test_permille,
   .train_pairs, .corpus (.lang, .pairs, .split, .sha256, .catalogues, .unreadable,
   .packages), .tokenizer, .vocab_size, .min_freq, .shared_vocab, .max_len, .tokenizer_dir,
-  .batch_size                              (metricattn/data/l10n.py, data/translation.py)
+  .batch_size, .buckets (length buckets, 0 = off) (metricattn/data/l10n.py,
+  data/translation.py)
   eval.batch_size, .beam_size, .length_penalty, .max_decode_len   (metricattn/tasks.py)
   model.*                                  (metricattn/models/transformer.py; see
                                            configs/multi30k_transformer.py)
@@ -108,7 +109,7 @@ def get_config(arg=None):
                 test_permille=TEST_PERMILLE, train_pairs=train_pairs, corpus=corpus,
                 tokenizer="sentencepiece",
                 vocab_size=2000 if small else 8000, min_freq=2, shared_vocab=True,
-                max_len=max_len, tokenizer_dir="", batch_size=batch)
+                max_len=max_len, tokenizer_dir="", batch_size=batch, buckets=0)
   c.eval = dict(batch_size=128, beam_size=1, length_penalty=0.6, max_decode_len=0)
   c.model = (common.transformer(arg.attention, num_layers=2, num_heads=4, d_model=128,
                                 qk_dim=128, d_mlp=64, d_ff=256, dropout=0.0, max_len=max_len)

@@ -70,8 +70,8 @@ above, which we could not check offline, set the cost: it scales about linearly 
 Fields (every one is read by the trainer, the data, the task or the model):
   seed, task
   data.name, .data_dir, .download, .url, .src_lang, .tgt_lang, .tokenizer, .vocab_size,
-  .min_freq, .shared_vocab, .max_len, .tokenizer_dir ("" = the workdir), .batch_size
-                                           (metricattn/data/translation.py)
+  .min_freq, .shared_vocab, .max_len, .tokenizer_dir ("" = the workdir), .batch_size,
+  .buckets (length buckets, 0 = off)      (metricattn/data/translation.py)
   eval.batch_size, .beam_size, .length_penalty, .max_decode_len   (metricattn/tasks.py)
   model.name, .attention, .num_layers, .num_heads, .d_model, .qk_dim, .d_mlp, .d_ff,
   .dropout, .scale, .norm, .ln_eps, .positions, .max_len, .scale_embeddings,
@@ -120,7 +120,7 @@ def get_config(arg=None):
                 url="https://raw.githubusercontent.com/multi30k/dataset/master/data/task1/raw/",
                 src_lang="en", tgt_lang="de", tokenizer=arg.tokenizer, vocab_size=8000,
                 min_freq=2, shared_vocab=arg.tokenizer == "sentencepiece", max_len=256,
-                tokenizer_dir="", batch_size=batch)
+                tokenizer_dir="", batch_size=batch, buckets=0)
   c.eval = dict(batch_size=128, beam_size=1, length_penalty=0.6, max_decode_len=0)
   c.model = common.transformer(arg.attention)  # the paper's
   c.optimizer = optimizer

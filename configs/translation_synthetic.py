@@ -22,7 +22,8 @@ perplexity, token accuracy, BLEU) at steps 200 and 400.
 Fields (every one is read by the trainer, the data, the task or the model):
   seed, task
   data.name, .seed, .num_words, .min_words, .max_words, .reorder, .num_train, .num_eval,
-  .max_len, .batch_size                    (metricattn/data/synthetic_translation.py)
+  .max_len, .batch_size, .buckets (length buckets, 0 = off: metricattn/data/translation.py)
+                                           (metricattn/data/synthetic_translation.py)
   eval.batch_size, .beam_size, .length_penalty, .max_decode_len   (metricattn/tasks.py)
   model.name, .attention, .num_layers, .num_heads, .d_model, .qk_dim, .d_mlp, .d_ff,
   .dropout, .scale, .norm, .ln_eps, .positions, .max_len, .scale_embeddings,
@@ -71,7 +72,7 @@ def get_config(arg=None):
   c.task = "translation"
   c.data = dict(name="synthetic_translation", seed=-1, num_words=16, min_words=3,
                 max_words=10, reorder=arg.reorder, num_train=2000, num_eval=200, max_len=16,
-                batch_size=32)
+                batch_size=32, buckets=0)
   c.eval = dict(batch_size=100, beam_size=1, length_penalty=0.6, max_decode_len=0)
   c.model = common.transformer(arg.attention, num_layers=2, num_heads=4, d_model=64,
                                qk_dim=64, d_mlp=32, d_ff=128, dropout=0.0, ln_eps=1e-6,

@@ -3,8 +3,9 @@
 Datasets whose batch is `train_indices(step)` of fixed arrays keep those arrays on the
 device; each step then gets a block of batch indices, INDEX_BLOCK steps sent in one
 transfer. Other datasets (augmentation, tokens, arrays over 1 GiB) make each batch on the
-host, sharded over the devices. With vmapped seeds (`stacked`) every argument has a leading
-seed axis.
+host, sharded over the devices; their shape may change from step to step (translation's
+length buckets: the trainer compiles one program per shape). With vmapped seeds (`stacked`)
+every argument has a leading seed axis.
 
 With several processes (`metricattn.multihost`) the arrays are global: every process makes
 the same index blocks, and each places only its own devices' parts. A run's host batches
@@ -29,6 +30,15 @@ RESIDENT_MAX_BYTES = 1 << 30
 
 def stack_trees(trees):
   return jax.tree.map(lambda *xs: np.stack(xs), *trees)
+
+
+def stack_batches(batches: list[dict]) -> dict:
+  """The batches of stacked runs, stacked; arrays of different widths (length buckets) are
+  first 0-padded at the end to the widest."""
+  def stack(*xs):
+    shape = np.max([x.shape for x in xs], axis=0)
+    return np.stack([np.pad(x, [(0, n - m) for n, m in zip(shape, x.shape)]) for x in xs])
+  return jax.tree.map(stack, *batches)
 
 
 def shard_batch(batch: dict, sharding: NamedSharding) -> dict:
@@ -129,5 +139,5 @@ class Feeder:
           self.batch_sharding, v, (self.datas[0].batch_size, *v.shape[1:]))
           for k, v in batch.items()},)
     batches = [d.train_batch(step) for d in self.datas]
-    return (shard_batch(stack_trees(batches) if self.stacked else batches[0],
+    return (shard_batch(stack_batches(batches) if self.stacked else batches[0],
                         self.batch_sharding),)

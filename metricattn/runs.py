@@ -200,10 +200,12 @@ def make_workdir(workdir: Path, flag: str = "--workdir") -> None:
 # Settings that cannot change what a run computes up to now: extending or shortening it,
 # logging, evaluation and checkpoint cadence, wandb, the Optuna trial that runs it (a trial
 # retried after its worker died has a new number), how attention is computed (the same
-# function: `model.implementation`, absent in runs older than it). Changing them on resume is allowed and
-# recorded; any other change needs --allow_config_change.
+# function: `model.implementation`, absent in runs older than it), translation's length buckets
+# (only padding changes, the same loss: `data.buckets`, absent in runs older than it, is 0).
+# Changing them on resume is allowed and recorded; any other change needs --allow_config_change.
 HARMLESS = ("train.steps", "train.log_every", "train.eval_every", "train.checkpoint_every",
-            "train.keep_checkpoints", "wandb.", "sweep.", "model.implementation")
+            "train.keep_checkpoints", "wandb.", "sweep.", "model.implementation",
+            "data.buckets")
 CHANGES = "config_changes.jsonl"
 
 

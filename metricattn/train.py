@@ -39,7 +39,7 @@ from metricattn.attention.layer import attention_name
 from metricattn.checkpoint import Checkpointer, DiskFull, saved_steps
 from metricattn.data import get_dataset
 from metricattn.errors import Interrupted, UserError
-from metricattn.feeder import Feeder, shard_batch, stack_trees
+from metricattn.feeder import Feeder, shard_batch, stack_batches, stack_trees
 from metricattn.models import build_model, num_params
 from metricattn.optim import Plateau, make_optimizer
 from metricattn.tasks import get_task
@@ -166,7 +166,7 @@ def evaluate_stack(eval_step, params, datas, task, graphdef, split, sharding,
   """Metrics per run; with `stacked`, params have a leading seed axis matching `datas`."""
   sums = [dict() for _ in datas]
   for batches in zip(*(d.eval_batches(split) for d in datas)):
-    batch = stack_trees(batches) if stacked else batches[0]
+    batch = stack_batches(batches) if stacked else batches[0]
     out = multihost.to_host(eval_step(params, shard_batch(batch, sharding)))
     for i, s in enumerate(sums):
       for k, v in out.items():
@@ -178,6 +178,24 @@ def evaluate_stack(eval_step, params, datas, task, graphdef, split, sharding,
     metrics.update(task.host_eval(nnx.merge(graphdef, p), d, split))
     results.append(metrics)
   return results
+
+
+class Programs:
+  """The jitted train step compiled ahead of time, lazily, once per shape of its data
+  arguments (one shape, or one per pair of translation length buckets); `seconds` is the sum
+  of the compile times."""
+
+  def __init__(self, jitted):
+    self.jitted, self.compiled, self.seconds = jitted, {}, 0.0
+
+  def get(self, params, opt_state, batch: tuple, step: int, key):
+    shapes = tuple(x.shape for x in jax.tree.leaves(batch))
+    if shapes not in self.compiled:
+      t = time.perf_counter()
+      self.compiled[shapes] = self.jitted.lower(params, opt_state, *batch, jnp.int32(step), key,
+                                                jnp.float32(1.0)).compile()
+      self.seconds += time.perf_counter() - t
+    return self.compiled[shapes]
 
 
 # ---------------------------------------------------------------- the run
@@ -391,13 +409,12 @@ def _train_locked(configs, workdirs: list[Path], ckpt_dir: Path, stacked: bool,
   jitted = jax.jit(feed.step_fn(make_train_step(graphdef, task, tx)), donate_argnums=(0, 1))
   eval_step = make_eval_step(graphdef, task, stacked)
 
-  # Compile ahead of time so that compile time is measured apart from step time.
-  t = time.perf_counter()
+  # Compile ahead of time so that compile time is measured apart from step time (a shape
+  # first met in the loop is compiled there, its time moved out of the step time).
+  programs = Programs(jitted)
   if start < total:
     batch = feed(start)
-    train_step = jitted.lower(params, opt_state, *batch, jnp.int32(start), key,
-                              jnp.float32(1.0)).compile()
-  compile_seconds = time.perf_counter() - t
+    programs.get(params, opt_state, batch, start, key)
 
   pending: list[dict] = []  # device metrics since the last host sync
   mark, timed_from = time.perf_counter(), start
@@ -406,6 +423,9 @@ def _train_locked(configs, workdirs: list[Path], ckpt_dir: Path, stacked: bool,
       t = time.perf_counter()
       batch = feed(step)
       meta["data_seconds"] += time.perf_counter() - t
+    compiling = programs.seconds
+    train_step = programs.get(params, opt_state, batch, step, key)
+    mark += programs.seconds - compiling
     params, opt_state, metrics = train_step(params, opt_state, *batch, jnp.int32(step), key,
                                             jnp.float32(plateau.scale))
     pending.append(metrics)
@@ -458,7 +478,7 @@ def _train_locked(configs, workdirs: list[Path], ckpt_dir: Path, stacked: bool,
 
   summaries = []
   for run in runs:
-    summaries.append(summarize(run, meta, n_params, len(runs), compile_seconds,
+    summaries.append(summarize(run, meta, n_params, len(runs), programs.seconds,
                                meta["wall_seconds"] + time.perf_counter() - wall_start))
     run.finish(summaries[-1])
   return summaries

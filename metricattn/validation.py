@@ -40,6 +40,7 @@ RULES = {
         "noise": NON_NEGATIVE, "seed": SEED_OR_DEFAULT, "crop_padding": NON_NEGATIVE_INT,
         "vocab_size": POSITIVE_INT, "max_len": POSITIVE_INT, "min_freq": NON_NEGATIVE_INT,
         "min_length": POSITIVE_INT, "max_length": POSITIVE_INT, "bucket": POSITIVE_INT,
+        "buckets": NON_NEGATIVE_INT,
         "max_depth": POSITIVE_INT, "max_args": POSITIVE_INT, "min_words": POSITIVE_INT,
         "max_words": POSITIVE_INT, "num_words": POSITIVE_INT,
         "val_permille": NON_NEGATIVE_INT, "test_permille": NON_NEGATIVE_INT,

@@ -9,6 +9,15 @@ config.eval.batch_size). Training batch `step` is a pure function of (config.see
 src_len and tgt_len are fixed per run: the longest training sentence plus its special token,
 capped by config.data.max_len; longer sentences (any split) are cut to fit.
 
+Length buckets (config.data.buckets = K; 0 when absent, as in runs older than it): with K = 0
+every batch is src_len x tgt_len wide. With K > 0 each side has the widths
+`bucket_widths(src_len, K)` and `bucket_widths(tgt_len, K)`: ceil(i * len / K) for i = 1..K,
+each rounded up to a multiple of 8 and capped at len (duplicates dropped; the last is len).
+A batch is cut to the smallest width of each side that holds its longest row: only padding
+is cut, the tokens are unchanged. Training batch `step` holds the same examples as with
+K = 0; each evaluation split is sorted once, stably, by (source width, target width), so
+that its chunks pad little, and `references(split)` follows that order.
+
 Besides the contract in metricattn/data/__init__.py a parallel dataset offers, for BLEU:
   references(split) -> list[str]   raw target sentences, in eval_batches order
   detokenize(ids) -> str           target ids -> text; stops at the first EOS, drops specials
@@ -39,6 +48,7 @@ config.data fields read for multi30k (suggested defaults):
   max_len        most tokens per sentence incl. BOS/EOS             256 (the reference's)
   tokenizer_dir  where the tokenizer is saved ("" = constructor)    "" (trainer: workdir)
   batch_size     training sentence pairs per step                   128
+  buckets        length buckets per side, 0 = off (see above)       0
 config.eval.batch_size: sentence pairs per evaluation batch (e.g. 128).
 """
 
@@ -78,11 +88,26 @@ def make_arrays(src: list[list[int]], tgt: list[list[int]], src_len: int,
           "tgt_out": pad_rows([t[:tgt_len - 1] + [EOS] for t in tgt], tgt_len)}
 
 
+def bucket_widths(length: int, buckets: int) -> np.ndarray:
+  """The padded widths of a side at most `length` wide (module docstring), ascending."""
+  if buckets == 0:
+    return np.array([length])
+  return np.unique([min(length, (-(-i * length // buckets) + 7) // 8 * 8)
+                    for i in range(1, buckets + 1)])
+
+
+def row_widths(a: np.ndarray) -> np.ndarray:
+  """The width each 0-padded row needs: one past its last nonzero token (0 if empty)."""
+  nonzero = a != PAD
+  return np.where(nonzero.any(1), a.shape[1] - np.argmax(nonzero[:, ::-1], 1), 0)
+
+
 class ParallelData:
   """Batching, evaluation and BLEU references for tokenised sentence pairs.
 
   Args:
-    config: reads seed, data.batch_size, data.max_len, eval.batch_size.
+    config: reads seed, data.batch_size, data.max_len, data.buckets (0 if absent),
+      eval.batch_size.
     splits: name -> (source ids, target ids, raw target texts); must include "train".
     src_vocab_size, tgt_vocab_size: vocabulary sizes (specials included).
     detok: target ids without specials -> text.
@@ -106,6 +131,18 @@ class ParallelData:
     tgt_len = min(max_len, 1 + max(map(len, train_tgt)))
     self.arrays = {k: make_arrays(s, t, src_len, tgt_len) for k, (s, t, _) in splits.items()}
     self.texts = {k: list(texts) for k, (_, _, texts) in splits.items()}
+    self.buckets = int(config.data.get("buckets", 0))
+    if self.buckets < 0:
+      raise UserError(f"data.buckets must be an integer >= 0; got {self.buckets}")
+    self.widths = {"src": bucket_widths(src_len, self.buckets),
+                   "tgt": bucket_widths(tgt_len, self.buckets)}
+    if self.buckets:  # evaluation splits sorted by their rows' bucket widths
+      for k, a in self.arrays.items():
+        if k != "train":
+          w = self.row_buckets(a)
+          order = np.lexsort((w["tgt"], w["src"]))
+          self.arrays[k] = {name: v[order] for name, v in a.items()}
+          self.texts[k] = [self.texts[k][i] for i in order]
     self.detok = detok
     self.eval_splits = tuple(eval_splits)
     truncated = sum(len(s) >= src_len or len(t) >= tgt_len for s, t in zip(train_src, train_tgt))
@@ -118,10 +155,25 @@ class ParallelData:
     """Every split held (train and the evaluated ones), for `metricattn.evaluate`."""
     return tuple(self.arrays)
 
+  def row_buckets(self, a: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """side -> the bucket width each row of arrays `a` needs."""
+    need = {"src": row_widths(a["src"]),
+            "tgt": np.maximum(row_widths(a["tgt_in"]), row_widths(a["tgt_out"]))}
+    return {side: self.widths[side][np.searchsorted(self.widths[side], n)]
+            for side, n in need.items()}
+
+  def fit(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """`batch` cut to the smallest bucket widths that hold its rows (as is without buckets)."""
+    if not self.buckets:
+      return batch
+    w = {side: int(v.max()) for side, v in self.row_buckets(batch).items()}
+    return {k: v[:, :w["src" if k == "src" else "tgt"]] if v.ndim == 2 else v
+            for k, v in batch.items()}
+
   def train_batch(self, step: int) -> dict[str, np.ndarray]:
     a = self.arrays["train"]
     idx = batch_indices(len(a["src"]), self.batch_size, self.seed, step)
-    return {k: v[idx] for k, v in a.items()}
+    return self.fit({k: v[idx] for k, v in a.items()})
 
   def eval_batches(self, split: str):
     a = self.arrays[split]
@@ -131,7 +183,7 @@ class ParallelData:
       for k, v in a.items():
         batch[k][:stop - start] = v[start:stop]
       batch["weight"] = (np.arange(n) < stop - start).astype(np.float32)
-      yield batch
+      yield self.fit(batch)
 
   def references(self, split: str) -> list[str]:
     return self.texts[split]
