@@ -270,18 +270,29 @@ def uninterrupted(tmp_path_factory):
   return (workdir / "metrics.jsonl").read_bytes()
 
 
+def start_logging_run(args: list[str], workdir, seconds: float, stdout=subprocess.PIPE):
+  """`python -m ARGS` started, once its metrics.jsonl holds two rows (killed on failure)."""
+  proc = subprocess.Popen([sys.executable, "-m", *args], cwd=ROOT, stdout=stdout,
+                          stderr=subprocess.PIPE, text=True)
+  try:
+    deadline = time.monotonic() + seconds
+    while len(read_lines(workdir / "metrics.jsonl")) < 2:
+      assert proc.poll() is None, proc.communicate()[1]
+      assert time.monotonic() < deadline, f"no metrics after {seconds:g} s"
+      time.sleep(0.01)
+  except BaseException:
+    proc.kill()
+    proc.wait()
+    raise
+  return proc
+
+
 @pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)], ids=["SIGTERM", "SIGINT"])
 def test_signal_stops_with_a_checkpoint_and_resumes_exactly(uninterrupted, tmp_path, signum,
                                                              code):
   workdir = tmp_path / "run"
-  proc = subprocess.Popen([sys.executable, "-m", *SIGNAL_RUN, f"--workdir={workdir}"],
-                          cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  proc = start_logging_run([*SIGNAL_RUN, f"--workdir={workdir}"], workdir, 60)
   try:
-    deadline = time.monotonic() + 60
-    while len(read_lines(workdir / "metrics.jsonl")) < 2:
-      assert proc.poll() is None, proc.communicate()[1]
-      assert time.monotonic() < deadline, "no metrics after 60 s"
-      time.sleep(0.01)
     proc.send_signal(signum)
     stdout, stderr = proc.communicate(timeout=60)
   finally:
@@ -323,14 +334,9 @@ def test_second_sigint_during_shutdown_is_quiet_and_the_checkpoint_restores(tmp_
   workdir = tmp_path / "run"
   run = ["metricattn.main", "--config=configs/moons_ipn.py", f"--workdir={workdir}",
          "--config.train.checkpoint_every=20", "--config.train.log_every=10"]
-  proc = subprocess.Popen([sys.executable, "-m", *run, "--config.train.steps=1000000"],
-                          cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  proc = start_logging_run([*run, "--config.train.steps=1000000"], workdir, 120,
+                           stdout=subprocess.DEVNULL)
   try:
-    deadline = time.monotonic() + 120
-    while len(read_lines(workdir / "metrics.jsonl")) < 2:
-      assert proc.poll() is None, proc.communicate()[1]
-      assert time.monotonic() < deadline, "no metrics after 120 s"
-      time.sleep(0.01)
     proc.send_signal(signal.SIGINT)
     first = proc.stderr.readline()
     proc.send_signal(signal.SIGINT)  # at once: the process is exiting
