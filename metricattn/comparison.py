@@ -376,9 +376,8 @@ def write_report(root: Path, *, target: float | None = None, experiment: dict | 
   experiment = experiment or load_experiment(root)
   if target is None and experiment:
     target = experiment.get("target")
-  more_lines = []
-  if (root / "baselines.json").exists():  # written by metricattn.experiment
-    more_lines = [*more_lines, *baselines.markdown_lines(read_json(root / "baselines.json")), ""]
+  more_lines = ([*baselines.markdown_lines(read_json(root / "baselines.json")), ""]
+                if (root / "baselines.json").exists() else [])  # written by experiment
   if (root / STUDY_FILE).exists():  # an Optuna study's root
     study_lines, study_figures = study_section(root)
     more_lines = [*more_lines, *study_lines]

@@ -69,10 +69,10 @@ def per_run(group: dict, key: str) -> list:
 
 
 def levelled(group: dict, metric: str) -> bool | None:
-  gains = [g for g in per_run(group, "late_gain") if g is not None]
-  if not gains:
-    return None
-  return sum(gains) / len(gains) < LEVEL["bleu" if "bleu" in metric else "accuracy"]
+  """Whether the group's mean gain over its last 20% of steps (the report's `late_gain`) is
+  below LEVEL; None for a report made before that measure."""
+  gain = group.get("late_gain")
+  return None if gain is None else gain < LEVEL["bleu" if "bleu" in metric else "accuracy"]
 
 
 def verdict(diff: float, better: int, n: int, p: float | None, ci: tuple | None) -> str:
@@ -168,16 +168,14 @@ def baseline_group(results: Path, exp: dict, metric: str, seeds: list[int]) -> d
     values, own = m["values"], data["seeds"]
   else:
     values, own = [m["mean"]] * len(seeds), seeds
-  return {"name": best["name"], "final_values": values, "seeds": own,
-          "final": stats.summarize(values), "per_run": [{} for _ in values]}
+  return {"name": best["name"], "final_values": values, "seeds": own}
 
 
-def pointwise_group(exp: dict) -> dict | None:
+def pointwise_group(exp: dict, reports: dict[Path, dict]) -> dict | None:
   """The group of the experiment's `pointwise` report, for a `quick` report."""
   if exp["budget"] != "quick":
     return None
-  for path in sorted((ROOT / "results").glob("*/report.json")):
-    report = json.loads(path.read_text())
+  for report in reports.values():
     e = report.get("experiment") or {}
     if (e.get("name"), e.get("budget")) == (exp["name"], "pointwise"):
       [group] = report["groups"].values()
@@ -185,8 +183,9 @@ def pointwise_group(exp: dict) -> dict | None:
   return None
 
 
-def task_rows(results: Path) -> tuple[dict | None, list[dict]]:
-  report = json.loads((results / "report.json").read_text())
+def task_rows(results: Path, reports: dict[Path, dict]) -> tuple[dict | None, list[dict]]:
+  """The task of results/NAME (`reports`: every results directory's report.json)."""
+  report = reports[results]
   exp, groups = report.get("experiment"), report["groups"]
   kinds = {g["attention"]: g for name, g in groups.items() if name == f"attention={g['attention']}"}
   if not exp or MA not in kinds:
@@ -198,7 +197,7 @@ def task_rows(results: Path) -> tuple[dict | None, list[dict]]:
           "seeds": ", ".join(f"{k} {g['final']['n']}" for k, g in kinds.items()),
           "levelled": {k: levelled(g, metric) for k, g in kinds.items()},
           "note": exp.get("budget_note", "")}
-  pointwise = pointwise_group(exp)
+  pointwise = pointwise_group(exp, reports)
   if pointwise:
     kinds["pointwise"] = pointwise
     info["levelled"]["pointwise"] = levelled(pointwise, metric)
@@ -206,7 +205,6 @@ def task_rows(results: Path) -> tuple[dict | None, list[dict]]:
   if baseline:
     kinds["baseline"] = baseline
     info["levelled"]["baseline"] = True    # a method fitted to convergence, not a curve
-    info["baseline"] = baseline["name"]
   rows = []
   for other in OTHERS:
     if other not in kinds:
@@ -245,9 +243,11 @@ def task_rows(results: Path) -> tuple[dict | None, list[dict]]:
 
 def collect() -> tuple[list[dict], list[dict]]:
   """(one dict per task, one row per claim) from results/*/report.json."""
+  reports = {path.parent: json.loads(path.read_text())
+             for path in sorted((ROOT / "results").glob("*/report.json"))}
   infos, rows = [], []
-  for results in sorted((ROOT / "results").glob("*/report.json")):
-    info, r = task_rows(results.parent)
+  for results in reports:
+    info, r = task_rows(results, reports)
     if info:
       infos.append(info)
       rows += r
