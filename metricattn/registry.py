@@ -286,6 +286,14 @@ EXPERIMENTS = {e.name: e for e in [
                             robustness_settings={"max_examples": 500, "pgd_steps": 5},
                             note="ViT-Mu/7, one epoch at batch 32 (1,718 steps), 3 seeds; "
                                  "robustness on 500 test images with PGD-5"),
+            "decisive": Budget("epochs=5,batch=32",
+                               ("train.eval_every=859", "train.checkpoint_every=1718"),
+                               seeds=5, jobs=2, kinds=KINDS,
+                               robustness_settings={"max_examples": 500, "pgd_steps": 5},
+                               note="ViT-Mu/7, 5 epochs at batch 32 (8,590 steps, the cosine "
+                                    "schedule run to zero), 5 seeds, the three kinds, 2 runs "
+                                    "at a time; evaluated every half epoch; robustness on 500 "
+                                    "test images with PGD-5"),
             "test": Budget("epochs=0.01", ("train.log_every=1",), seeds=2,
                            robustness_settings=TEST_ROBUSTNESS, note="tests only")}),
 ]}
