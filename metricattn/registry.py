@@ -101,9 +101,11 @@ class Experiment:
     return f"{self.config}:{args}" if args else self.config
 
 
-# The test budgets' robustness: a few hundred images and PGD-2 (the quick and full budgets'
-# thousand images with PGD-10 took 385 of the ViT test budget's 525 s).
-TEST_ROBUSTNESS = {"max_examples": 200, "pgd_steps": 2}
+# The test budgets' robustness: a few hundred images, one strength of each attack besides 0
+# and PGD-2 (the quick and full budgets' thousand images, six strengths and PGD-10 took 385
+# of the ViT test budget's 525 s).
+TEST_ROBUSTNESS = {"max_examples": 200, "pgd_steps": 2, "sigmas": (0.0, 0.2),
+                   "epsilons": (0.0, 0.05)}
 
 # Short test runs: every evaluation and checkpoint interval is crossed.
 TEST_OVERRIDES = ("train.log_every=5", "train.eval_every=10", "train.checkpoint_every=10")
@@ -294,8 +296,9 @@ EXPERIMENTS = {e.name: e for e in [
                                     "schedule run to zero), 5 seeds, the three kinds, 2 runs "
                                     "at a time; evaluated every half epoch; robustness on 500 "
                                     "test images with PGD-5"),
-            "test": Budget("epochs=0.01", ("train.log_every=1",), seeds=2,
-                           robustness_settings=TEST_ROBUSTNESS, note="tests only")}),
+            "test": Budget("epochs=0.01", ("train.log_every=1", "eval.batch_size=200"),
+                           seeds=2, jobs=2, robustness_settings=TEST_ROBUSTNESS,
+                           note="tests only")}),
 ]}
 
 
