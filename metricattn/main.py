@@ -151,11 +151,19 @@ def train() -> None:
           _ALLOW_CHANGE.value)
     else:
       run(train_and_evaluate, _CONFIG.value, _WORKDIR.value, _ALLOW_CHANGE.value)
-  except KeyboardInterrupt:
-    fail_interrupted("interrupted before a checkpoint could be written; rerun the same "
-                     "command to resume from the last one", 130)
+  except KeyboardInterrupt as e:
+    fail_interrupted(*interrupted_line(e))
   except Interrupted as e:
     fail_interrupted(str(e), e.code)
+
+
+def interrupted_line(e: KeyboardInterrupt) -> tuple[str, int]:
+  """The line and exit code for a second Ctrl-C: the run's own when it came while the run,
+  its checkpoint written, was stopping (an `Interrupted` under way), else that none was."""
+  if isinstance(e.__context__, Interrupted):
+    return str(e.__context__), e.__context__.code
+  return ("interrupted before a checkpoint could be written; rerun the same command to "
+          "resume from the last one", 130)
 
 
 def fail_interrupted(message: str, code: int) -> None:

@@ -54,10 +54,12 @@ class TrainingDiverged(UserError):
 
 class Signals:
   """While active (main thread only): SIGINT and SIGTERM ask the loop to stop after the
-  current step; a second SIGINT stops at once (KeyboardInterrupt)."""
+  current step; a second SIGINT stops at once (KeyboardInterrupt), unless the stop's
+  checkpoint is written by then (`saved`): the run is ending anyway and says so."""
 
   def __init__(self):
     self.received = None
+    self.saved = False
     self.old = {}
 
   def __enter__(self):
@@ -66,7 +68,7 @@ class Signals:
     return self
 
   def handle(self, signum, frame):
-    if self.received is not None and signum == signal.SIGINT:
+    if self.received is not None and signum == signal.SIGINT and not self.saved:
       raise KeyboardInterrupt
     self.received = signum
 
@@ -467,6 +469,7 @@ def _train_locked(configs, workdirs: list[Path], ckpt_dir: Path, stacked: bool,
       ckpt.save(done, {"params": params, "opt_state": opt_state}, meta)
     if stopping:
       ckpt.close()
+      signals.saved = True
       for run in runs:
         run.writer.close()
       name = signal.Signals(received).name

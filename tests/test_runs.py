@@ -357,6 +357,30 @@ def test_second_sigint_during_shutdown_is_quiet_and_the_checkpoint_restores(tmp_
   assert not half.exists()
 
 
+def test_a_second_sigint_after_the_stop_checkpoint_keeps_the_runs_line():
+  """The gaps the shutdown test cannot aim at: a second Ctrl-C after the stop's checkpoint
+  is written is ignored until the run raises its Interrupted, and one that arrives while
+  that Interrupted is under way still prints the run's line, not "before a checkpoint"."""
+  from metricattn.errors import Interrupted
+  from metricattn.main import interrupted_line
+  from metricattn.train import Signals
+  s = Signals()
+  s.handle(signal.SIGINT, None)
+  with pytest.raises(KeyboardInterrupt):
+    s.handle(signal.SIGINT, None)  # still saving: stop at once
+  s.saved = True
+  s.handle(signal.SIGINT, None)  # saved: nothing to stop
+  stop = Interrupted("SIGINT: stopped at step 7 of 9 with a checkpoint in w", 130)
+  try:
+    try:
+      raise stop
+    except Interrupted:
+      raise KeyboardInterrupt
+  except KeyboardInterrupt as e:
+    assert interrupted_line(e) == (str(stop), 130)
+  assert interrupted_line(KeyboardInterrupt())[0].startswith("interrupted before a checkpoint")
+
+
 # ---------------------------------------------------------------- 10. vmapped seeds
 
 def test_evaluate_and_robustness_on_vmapped_seeds(tmp_path):
