@@ -268,6 +268,11 @@ EXPERIMENTS = {e.name: e for e in [
                             note="OURS, not LRA's setting: 20,000 examples of 51-149 tokens, "
                                  "2 layers of width 64 with 4 heads, 1,500 steps of batch 32, "
                                  "2 seeds; offline (the generator)"),
+            "decisive": Budget("size=cpu", ("train.eval_every=250",), seeds=5, jobs=2,
+                               note="OURS: `quick` with 5 seeds, evaluated every 250 steps "
+                                    "(its training loss is flat from step 600 on); about 95 "
+                                    "minutes on the 2-core CPU, from the quick budget's 2.1 "
+                                    "steps/s per run (2 at a time, Intel Xeon)"),
             "test": Budget("size=cpu,steps=20",
                            ("data.num_train=64", "data.num_val=16", "data.num_test=16",
                             "data.min_length=8", "data.max_length=40", "data.bucket=8",
