@@ -3,8 +3,9 @@ graph-masked attention, one label per face (8 body parts).
 
   python -m metricattn.main --config=configs/mesh_seg.py:attention=metric --workdir=runs/mesh-m
 
-Arguments: attention (softmax, l2, metric, l2_lipschitz), features (hks, xyz), source (procedural, maron),
-steps, depth (0 gives the point-wise baseline: no propagation, same features and head).
+Arguments: attention (softmax, l2, metric, l2_lipschitz), features (hks, hks_short, hks_noisy,
+xyz; metricattn/data/mesh_geometry.py, FEATURES), source (procedural, maron), steps, depth (0
+gives the point-wise baseline: no propagation, same features and head).
 
 Paper settings (Table 2): Adam with coupled L2 weight decay, lr 1e-3, weight decay 1e-4,
 d_Q 64, d_mlp 64, tanh in the metric MLP; attention only between adjacent vertices ("the
@@ -16,7 +17,14 @@ Choices the paper leaves open (the same for all three kinds):
     and 20 test bodies from data.seed 0, the sizes of Maron et al.'s set, the same for every
     run seed; cached in $METRICATTN_DATA/meshes or ~/.cache/metricattn/meshes). `maron` reads
     the real set from data.data_dir (DiffusionNet's layout).
-  - Features: heat kernel signature (16 times, 64 eigenpairs of the cotangent Laplacian).
+  - Features (`features`, data.features): `hks` (the default), the heat kernel signature (16
+    times logspace(-2, 0), 64 eigenpairs of the cotangent Laplacian): long times already
+    encode the part, so a point-wise model nearly solves the task. Variants that leave work
+    for the graph, made from the same cached HKS (docs/graph.md, "Which features test the
+    graph"): `hks_short`, its shortest HKS_SHORT_TIMES times only; `hks_noisy`, the 16 times
+    plus fixed Gaussian noise of HKS_NOISE per-column standard deviations per vertex. `xyz`:
+    the normalised positions (each body has a random yaw, so only the height and the
+    distance from the vertical axis carry the part).
   - IPN width 64, depth 2, one head; blocks H_new = S H_old with no value/output projection,
     residual or layer norm; each vertex attends to its mesh neighbours and itself (the sparse
     graph kernel, metricattn.attention.graph_attention).

@@ -1,10 +1,12 @@
 """Trivial baselines on the data split an experiment's runs use (issue 28), for its report.
 
-  python -m metricattn.baselines NAME [--budget quick] [--out results/NAME/baselines.json]
+  python -m metricattn.baselines NAME [--budget quick] [--set KEY=VALUE ...]
+      [--out results/NAME/baselines.json]
 
 The data is loaded by the project's own loaders from the config the experiment's runs train
 with (`registry.get(NAME).config_arg(budget)` and the budget's overrides, as
-`metricattn.experiment` builds it), with the inputs the model sees. Where the data depends on
+`metricattn.experiment` builds it, then the `--set` overrides, e.g. `data.features=xyz` for
+another mesh feature variant), with the inputs the model sees. Where the data depends on
 the run seed (`data.seed` -1: moons, translation_synthetic) every run seed of the budget has
 its own split and the baselines are computed on each and given as mean ± std.
 
@@ -30,6 +32,7 @@ section ("## Trivial baselines").
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 import time
 import warnings
@@ -53,15 +56,16 @@ BLAS_THREADS = 1  # the fits' BLAS threads: more spin and slow down on the share
 TRANSLATION_DATA = ("synthetic_translation", "debian_l10n", "multi30k")
 
 
-def experiment_config(name: str, budget: str, seed: int = 0):
-  """The config the experiment's runs of `budget` train with (run seed `seed`)."""
+def experiment_config(name: str, budget: str, seed: int = 0, overrides: tuple[str, ...] = ()):
+  """The config the experiment's runs of `budget` train with (run seed `seed`), with the
+  extra `overrides` (KEY=VALUE) after the budget's."""
   from metricattn.grid import point_config
   exp = registry.get(name)
   path = REPO / exp.config
   if not path.is_file():
     raise UserError(f"experiment {name} needs {exp.config}, which does not exist")
   config = point_config(f"{path}{exp.config_arg(budget)[len(exp.config):]}", {},
-                        list(exp.budget(budget).overrides))
+                        [*exp.budget(budget).overrides, *overrides])
   config.seed = seed
   if "download" in config.data:
     config.data.download = False  # offline: missing data is a one-line error
@@ -226,11 +230,12 @@ def inputs(config) -> str:
   return "the model's inputs as the loader gives them, flattened"
 
 
-def compute(name: str, budget: str) -> dict:
-  """The trivial baselines of experiment `name` on the data of its `budget`'s runs."""
+def compute(name: str, budget: str, overrides: tuple[str, ...] = ()) -> dict:
+  """The trivial baselines of experiment `name` on the data of its `budget`'s runs, with the
+  extra config `overrides` (KEY=VALUE)."""
   start = time.perf_counter()
   exp = registry.get(name)
-  config = experiment_config(name, budget)  # built once: l10n's takes a minute
+  config = experiment_config(name, budget, overrides=overrides)  # built once: l10n's takes a minute
   seeds = run_seeds(name, budget, config)
   per_seed, sizes = [], {}
   for seed in seeds:
@@ -268,7 +273,9 @@ def compute(name: str, budget: str) -> dict:
           **({"corpus": config.data.corpus.to_dict()} if config.data.get("corpus") else {}),
           "baselines": baselines, "seconds": round(time.perf_counter() - start, 2),
           "machine": machine_description(),
-          "command": f"python -m metricattn.baselines {name} --budget {budget}"}
+          **({"overrides": list(overrides)} if overrides else {}),
+          "command": shlex.join(["python", "-m", "metricattn.baselines", name, "--budget",
+                                 budget, *(["--set", *overrides] if overrides else [])])}
 
 
 def markdown_lines(result: dict) -> list[str]:
@@ -301,11 +308,13 @@ def main(argv: list[str] | None = None) -> int:
                               description="Trivial baselines on an experiment's data split.")
   p.add_argument("name", help="experiment of metricattn.registry")
   p.add_argument("--budget", default="quick")
+  p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                 help="config overrides after the budget's, e.g. data.features=xyz")
   p.add_argument("--out", type=Path, default=None,
                  help="write the result as JSON here (e.g. results/NAME/baselines.json)")
   a = p.parse_args(argv)
   try:
-    result = compute(a.name, a.budget)
+    result = compute(a.name, a.budget, tuple(a.set))
   except UserError as e:
     return error(str(e))
   print("\n".join(markdown_lines(result)))

@@ -70,3 +70,8 @@ def test_missing_data_is_one_line(tmp_path, monkeypatch, capsys):
   assert err.startswith("error: Multi30k files missing") and err.count("\n") == 1
   assert baselines.main(["nosuch"]) == 2
   assert "unknown experiment 'nosuch'" in capsys.readouterr().err
+
+
+def test_set_overrides_come_after_the_budget():
+  config = baselines.experiment_config("mesh_seg", "test", overrides=("data.features=hks_short",))
+  assert config.data.features == "hks_short" and config.data.num_train == 8  # the budget's

@@ -10,6 +10,8 @@ from flax import nnx
 
 from metricattn.attention import adjacency_mask, neighbour_lists, sort_edges
 from metricattn.data import get_dataset
+from metricattn.data.mesh_geometry import HKS_SHORT_TIMES
+from metricattn.errors import UserError
 from metricattn.evaluate import evaluate_workdir
 from metricattn.models import build_model
 from tests.helpers import cli, load_config
@@ -87,3 +89,15 @@ def test_tiny_mesh_run_and_evaluation_from_its_checkpoint(tmp_path):
   assert 0 <= summary["test/accuracy"] <= 1 and np.isfinite(summary["train/loss"])
   result = evaluate_workdir(tmp_path)
   assert result["test/accuracy"] == summary["test/accuracy"]
+
+
+@pytest.mark.parametrize("features, width", [("hks_short", HKS_SHORT_TIMES), ("xyz", 3)])
+def test_feature_variants_set_the_input_width(features, width):
+  data = get_dataset(load_config("configs/mesh_seg.py", f"features={features}", **TINY))
+  assert data.info["input_shape"] == (width,) and data.train_batch(0)["x"].shape[1] == width
+
+
+def test_unknown_features_are_one_line():
+  with pytest.raises(UserError, match="unknown mesh features 'normals'") as e:
+    get_dataset(load_config("configs/mesh_seg.py", "features=normals", **TINY))
+  assert "\n" not in str(e.value)

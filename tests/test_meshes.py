@@ -106,8 +106,30 @@ def test_features(bodies):
     assert geometry.face_mean(verts, faces).shape == (len(faces), 3)
   xyz = meshes.generate(1, SEED, features="xyz")
   assert np.array_equal(xyz.features[0], data.verts[0])
-  with pytest.raises(UserError, match="features"):
+  with pytest.raises(UserError, match="features") as e:
     meshes.generate(1, SEED, features="normals")
+  assert "\n" not in str(e.value) and "hks_short" in str(e.value)
+
+
+def test_feature_variants_come_from_the_stored_hks(bodies):
+  """hks_short is the first HKS_SHORT_TIMES columns of the record's HKS; hks_noisy adds noise
+  of HKS_NOISE column standard deviations, the same on every call."""
+  _, data = bodies
+  records = [dict(verts=v, faces=f, face_labels=y, hks=h, receivers=r, senders=s)
+             for v, f, y, h, r, s in zip(data.verts, data.faces, data.face_labels,
+                                         data.features, data.receivers, data.senders)]
+  short = geometry.to_mesh_set(records, "hks_short")
+  noisy = geometry.to_mesh_set(records, "hks_noisy")
+  assert 0 < geometry.HKS_SHORT_TIMES < 16
+  for hks, s, n in zip(data.features, short.features, noisy.features):
+    assert s.shape == (len(hks), geometry.HKS_SHORT_TIMES)
+    assert np.array_equal(s, hks[:, :geometry.HKS_SHORT_TIMES])
+    assert n.shape == hks.shape and n.dtype == np.float32
+    ratio = (n - hks).std(0) / hks.std(0)
+    assert np.allclose(ratio, geometry.HKS_NOISE, rtol=0.2)
+  assert all(np.array_equal(a, b) for a, b in
+             zip(noisy.features, geometry.to_mesh_set(records, "hks_noisy").features))
+  assert not np.array_equal(noisy.features[0][:5], noisy.features[1][:5])
 
 
 def test_hks_of_a_sphere_is_nearly_constant():
@@ -136,6 +158,9 @@ def test_cache_round_trip(tmp_path, monkeypatch):
   for key in ("verts", "faces", "face_labels", "features", "receivers", "senders"):
     for a, b in zip(getattr(first, key), getattr(again, key)):
       assert a.dtype == b.dtype and np.array_equal(a, b), key
+  short = meshes.load_split("test", features="hks_short", seed=SEED, num_test=2, settings=small)
+  assert all(np.array_equal(s, a[:, :geometry.HKS_SHORT_TIMES])  # the same file, sliced
+             for s, a in zip(short.features, again.features))
   assert meshes.cache_path("test", 2, SEED, small) != meshes.cache_path("test", 2, SEED, meshes.Settings())
   assert meshes.cache_path("test", 2, SEED, small) != meshes.cache_path("test", 2, SEED + 1, small)
 

@@ -17,7 +17,8 @@ receivers, senders. A `MeshSet` holds one list entry per mesh:
   faces[i]        int32 [F, 3]    vertex ids of each triangle (outward orientation); also
                                   the indices for the fixed face aggregation (`face_mean`)
   face_labels[i]  int32 [F]       part label in [0, 8), order `meshes.LABELS`
-  features[i]     float32 [V, C]  C = 3 for xyz, `num_times` for hks
+  features[i]     float32 [V, C]  C = 3 for xyz, `num_times` for hks and hks_noisy,
+                                  HKS_SHORT_TIMES for hks_short (`vertex_features`)
   receivers[i], senders[i]  int32 [E]  directed mesh edges, both directions of every edge,
                                   deduplicated, sorted by (receiver, sender)
 """
@@ -27,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import multiprocessing
 import os
+import zlib
 from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
@@ -37,7 +39,13 @@ from threadpoolctl import threadpool_limits
 
 from metricattn.errors import UserError
 
-FEATURES = ("xyz", "hks")
+FEATURES = ("xyz", "hks", "hks_short", "hks_noisy")
+# The variants made from the stored HKS (no regeneration; counts chosen by measurement,
+# docs/graph.md "Which features test the graph"): `hks_short` is its first HKS_SHORT_TIMES
+# columns (the shortest times), `hks_noisy` adds to each vertex Gaussian noise of HKS_NOISE
+# times each column's standard deviation over the mesh's vertices.
+HKS_SHORT_TIMES = 3
+HKS_NOISE = 1.0
 
 
 # ---------------------------------------------------------------- geometry
@@ -162,11 +170,27 @@ def check_features(features: str) -> None:
     raise UserError(f"unknown mesh features {features!r}; allowed: {', '.join(FEATURES)}")
 
 
+def vertex_features(record: dict, features: str) -> np.ndarray:
+  """A record's vertex features [V, C] (see FEATURES): its positions for `xyz`, its HKS for
+  `hks`, the HKS's first HKS_SHORT_TIMES columns (the shortest times) for `hks_short`, the
+  HKS plus noise for `hks_noisy` (a function of the mesh alone: the generator is seeded by
+  the CRC-32 of its positions)."""
+  if features == "xyz":
+    return record["verts"]
+  if features == "hks_short":
+    return record["hks"][:, :HKS_SHORT_TIMES]
+  if features == "hks_noisy":
+    h = record["hks"]
+    rng = np.random.default_rng(zlib.crc32(record["verts"].tobytes()))
+    return (h + HKS_NOISE * h.std(0) * rng.standard_normal(h.shape)).astype(np.float32)
+  return record["hks"]
+
+
 def to_mesh_set(records, features: str) -> MeshSet:
   check_features(features)
   return MeshSet(verts=[r["verts"] for r in records], faces=[r["faces"] for r in records],
                  face_labels=[r["face_labels"] for r in records],
-                 features=[r["verts"] if features == "xyz" else r["hks"] for r in records],
+                 features=[vertex_features(r, features) for r in records],
                  receivers=[r["receivers"] for r in records], senders=[r["senders"] for r in records])
 
 

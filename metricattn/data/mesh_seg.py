@@ -3,7 +3,8 @@ meshes as one graph, and the model labels every face with one of 8 body parts.
 
 Source (`config.data.source`): `procedural` (metricattn.data.meshes: bodies generated from a
 seed, cached on first use; offline) or `maron` (the real set in DiffusionNet's layout under
-`config.data.data_dir`). Features (`config.data.features`): `hks` or `xyz`.
+`config.data.data_dir`). Features (`config.data.features`): `hks`, `hks_short`, `hks_noisy` or
+`xyz` (mesh_geometry.FEATURES).
 
 Batch layout (one compiled shape for every batch, train and test): the `batch_size` meshes
 of a batch are one disjoint graph, padded to the largest meshes of the data set; node
