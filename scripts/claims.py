@@ -54,10 +54,10 @@ self-attention, L2: l2 self-attention) on one measure of the runs of one task an
   attack's strengths above zero (Gaussian noise on the inputs, FGSM, PGD), higher is better.
 - Controls (beyond the paper): MA is also compared with `softmax_g` (softmax with MA's MLP g
   on queries and keys: a learned nonlinearity without a distance) and, for the final metric,
-  with the experiment's `pointwise` budget (no propagation: depth 0), where those were run,
-  and with the best trivial baseline of `results/NAME/baselines.json` (logistic regression,
-  kNN, a point-wise MLP; copy-the-source or retrieval for translation; `python -m
-  metricattn.baselines`), on the same data: a deterministic baseline on one split counts as a
+  with the experiment's no-propagation budget (depth 0: `pointwise` for `quick`,
+  `B_pointwise` for a budget B), where those were run, and with the best trivial baseline of
+  `results/NAME/baselines.json` (logistic regression, kNN, a point-wise MLP; copy-the-source
+  or retrieval for translation; `python -m metricattn.baselines`), on the same data: a deterministic baseline on one split counts as a
   group without spread, one value per seed.
 - Paired tests (paired t and Wilcoxon signed-rank on the seeds both kinds ran) are shown
   beside the unpaired ones; the verdict uses the unpaired tests.
@@ -144,7 +144,7 @@ def robustness_scores(path: Path, group: str) -> dict[str, list[float]]:
 
 # What MA is compared with: the paper's other kinds, then the controls (#28): softmax with
 # metric-attention's MLP g (a nonlinearity without a distance) and no propagation at all (the
-# experiment's `pointwise` budget, a control of `quick`).
+# experiment's `pointwise` budget of `quick`, `B_pointwise` of budget B).
 OTHERS = {"softmax": "SA", "l2": "L2", "softmax_g": "softmax_g (control)",
           "pointwise": "no propagation (control)", "baseline": "best trivial baseline"}
 
@@ -172,12 +172,12 @@ def baseline_group(results: Path, exp: dict, metric: str, seeds: list[int]) -> d
 
 
 def pointwise_group(exp: dict, reports: dict[Path, dict]) -> dict | None:
-  """The group of the experiment's `pointwise` report, for a `quick` report."""
-  if exp["budget"] != "quick":
-    return None
+  """The group of the report of the experiment's no-propagation control of this budget:
+  budget `pointwise` for `quick`, `B_pointwise` for another budget B."""
+  control = "pointwise" if exp["budget"] == "quick" else f"{exp['budget']}_pointwise"
   for report in reports.values():
     e = report.get("experiment") or {}
-    if (e.get("name"), e.get("budget")) == (exp["name"], "pointwise"):
+    if (e.get("name"), e.get("budget")) == (exp["name"], control):
       [group] = report["groups"].values()
       return group
   return None
