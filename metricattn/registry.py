@@ -248,6 +248,25 @@ EXPERIMENTS = {e.name: e for e in [
             "paper_scale": Budget("steps=400", ("model.scale=1.0",), seeds=3,
                                   note="`quick` with the paper's logit scale 1 (Algorithm "
                                        "1) instead of 1/sqrt(d_Q)"),
+            # On features where the graph matters (docs/graph.md, "Which features test the
+            # graph"): the HKS plus per-vertex noise, which two blocks of propagation can
+            # average away and a point-wise model cannot; the `full` length, since a
+            # single-seed metric run was still rising at 2,400 steps.
+            "decisive": Budget("features=hks_noisy,steps=4000", ("train.eval_every=400",),
+                               seeds=5,
+                               note="`hks_noisy` features (the HKS plus per-vertex noise), "
+                                    "4,000 steps of 2 meshes (about 20 epochs), 5 seeds "
+                                    "vmapped per kind, evaluated every 400 steps; about 85 "
+                                    "min with `decisive_pointwise` on an unloaded 2-core CPU, "
+                                    "several hours under load (estimated from measured "
+                                    "steps/s, docs/graph.md)"),
+            "decisive_pointwise": Budget("features=hks_noisy,steps=4000,depth=0",
+                                         ("train.eval_every=400",), seeds=5,
+                                         kinds=("softmax",),
+                                         note="the point-wise control of `decisive`: no "
+                                              "propagation (depth 0), the same features, "
+                                              "embedding and head; the attention kind is "
+                                              "unused"),
             "test": Budget("steps=4", ("data.num_train=8", "data.num_test=4",
                                        "data.batch_size=2", "train.log_every=2",
                                        "train.eval_every=4", "train.checkpoint_every=2"),
