@@ -256,10 +256,10 @@ EXPERIMENTS = {e.name: e for e in [
                                seeds=5,
                                note="`hks_noisy` features (the HKS plus per-vertex noise), "
                                     "4,000 steps of 2 meshes (about 20 epochs), 5 seeds "
-                                    "vmapped per kind, evaluated every 400 steps; about 85 "
-                                    "min with `decisive_pointwise` on an unloaded 2-core CPU, "
-                                    "several hours under load (estimated from measured "
-                                    "steps/s, docs/graph.md)"),
+                                    "vmapped per kind, evaluated every 400 steps; about 86 "
+                                    "min with `decisive_pointwise` at the quick run's speed "
+                                    "on a quiet CPU, several hours under load (estimated "
+                                    "from measured steps/s, docs/graph.md)"),
             "decisive_pointwise": Budget("features=hks_noisy,steps=4000,depth=0",
                                          ("train.eval_every=400",), seeds=5,
                                          kinds=("softmax",),
