@@ -144,6 +144,18 @@ def ipn(name: str, dataset: str, title: str, target: float, full_steps: int, ful
 MOONS_QUICK = Budget("steps=2000", note="2,000 steps (500 epochs, the config's default), 10 "
                     "seeds vmapped per kind; about 2 minutes on the 2-core CPU")
 
+# On features where the graph matters (docs/graph.md, "Which features test the graph"): the
+# HKS plus per-vertex noise, which two blocks of propagation can average away and a
+# point-wise model cannot; the `full` length, since a single-seed metric run was still rising
+# at 2,400 steps.
+MESH_DECISIVE = Budget("features=hks_noisy,steps=4000", ("train.eval_every=400",), seeds=5,
+                       note="`hks_noisy` features (the HKS plus per-vertex noise), 4,000 "
+                            "steps of 2 meshes (about 20 epochs), 5 seeds vmapped per kind, "
+                            "evaluated every 400 steps; about 86 min with "
+                            "`decisive_pointwise` at the quick run's speed on a quiet CPU, "
+                            "several hours under load (estimated from measured steps/s, "
+                            "docs/graph.md)")
+
 EXPERIMENTS = {e.name: e for e in [
     Experiment(
         name="moons", title="Moon, IPN (paper Fig. 4)", config="configs/moons_ipn.py",
@@ -248,25 +260,11 @@ EXPERIMENTS = {e.name: e for e in [
             "paper_scale": Budget("steps=400", ("model.scale=1.0",), seeds=3,
                                   note="`quick` with the paper's logit scale 1 (Algorithm "
                                        "1) instead of 1/sqrt(d_Q)"),
-            # On features where the graph matters (docs/graph.md, "Which features test the
-            # graph"): the HKS plus per-vertex noise, which two blocks of propagation can
-            # average away and a point-wise model cannot; the `full` length, since a
-            # single-seed metric run was still rising at 2,400 steps.
-            "decisive": Budget("features=hks_noisy,steps=4000", ("train.eval_every=400",),
-                               seeds=5,
-                               note="`hks_noisy` features (the HKS plus per-vertex noise), "
-                                    "4,000 steps of 2 meshes (about 20 epochs), 5 seeds "
-                                    "vmapped per kind, evaluated every 400 steps; about 86 "
-                                    "min with `decisive_pointwise` at the quick run's speed "
-                                    "on a quiet CPU, several hours under load (estimated "
-                                    "from measured steps/s, docs/graph.md)"),
-            "decisive_pointwise": Budget("features=hks_noisy,steps=4000,depth=0",
-                                         ("train.eval_every=400",), seeds=5,
-                                         kinds=("softmax",),
-                                         note="the point-wise control of `decisive`: no "
-                                              "propagation (depth 0), the same features, "
-                                              "embedding and head; the attention kind is "
-                                              "unused"),
+            "decisive": MESH_DECISIVE,
+            "decisive_pointwise": dataclasses.replace(
+                MESH_DECISIVE, args=f"{MESH_DECISIVE.args},depth=0", kinds=("softmax",),
+                note="the point-wise control of `decisive`: no propagation (depth 0), the "
+                     "same features, embedding and head; the attention kind is unused"),
             "test": Budget("steps=4", ("data.num_train=8", "data.num_test=4",
                                        "data.batch_size=2", "train.log_every=2",
                                        "train.eval_every=4", "train.checkpoint_every=2"),
