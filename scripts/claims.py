@@ -57,7 +57,8 @@ self-attention, L2: l2 self-attention) on one measure of the runs of one task an
   with the experiment's no-propagation budget (depth 0: `pointwise` for `quick`,
   `B_pointwise` for a budget B), where those were run, and with the best trivial baseline of
   `results/NAME/baselines.json` (logistic regression, kNN, a point-wise MLP; copy-the-source
-  or retrieval for translation; `python -m metricattn.baselines`), on the same data: a deterministic baseline on one split counts as a
+  or retrieval for translation; `python -m metricattn.baselines`), on the same data: a
+  deterministic baseline on one split counts as a
   group without spread, one value per seed.
 - Paired tests (paired t and Wilcoxon signed-rank on the seeds both kinds ran) are shown
   beside the unpaired ones; the verdict uses the unpaired tests.
