@@ -40,6 +40,7 @@ def test_batches_are_padded_disjoint_graphs(data):
   r, s = b["receivers"][real_edges], b["senders"][real_edges]
   key = r.astype(np.int64) * nodes + s
   assert (np.diff(key) > 0).all()  # sorted by (receiver, sender), no edge twice (sort_edges)
+  assert data.info["sorted_edges"]  # the promise the IPN relies on not to sort them again
   assert (r == s).sum() == len(np.unique(r))  # every vertex with an edge sees itself
   again = data.train_batch(0)
   assert all(np.array_equal(b[k], again[k]) for k in b)  # a pure function of (seed, step)

@@ -357,14 +357,15 @@ class Attention(nnx.Module):
     return self.out_proj(o) if self.out_proj is not None else o
 
   def graph(self, x: jax.Array, receivers: jax.Array, senders: jax.Array, *,
-            graph_implementation: str | None = None) -> jax.Array:
+            graph_implementation: str | None = None, presorted: bool = False) -> jax.Array:
     """Graph-masked self-attention over one graph, with no [nodes, nodes] array: x [nodes, in],
     and the graph as an edge list, receivers/senders int32 [edges] (node receivers[e] attends
     to node senders[e]), or as neighbour lists [nodes, max_degree] padded with -1
     (`attention.neighbour_lists`, the fast form for bounded degree) -> [nodes, out]. Same
     projections and logits as __call__ with the adjacency as mask; `graph_implementation`
     is `graph_attention`'s `implementation` (None: neighbour lists run "ell", see
-    attention/graph.py)."""
+    attention/graph.py) and `presorted` its promise that an edge list is sorted and
+    distinct (so that it is not sorted again inside jit)."""
     from metricattn.attention.graph import graph_attention
     if self.implementation is not None:
       raise UserError("graph-masked attention takes no dense-kernel implementation (its "
@@ -373,7 +374,8 @@ class Attention(nnx.Module):
                       "unset")
     q, k, v = self.queries(x[None])[0], self.keys(x[None])[0], self.values(x[None])[0]
     o = graph_attention(q, k, v, receivers, senders, distance=self.distance,
-                        scale=self.scale, implementation=graph_implementation)
+                        scale=self.scale, implementation=graph_implementation,
+                        presorted=presorted)
     return self.combine(o)
 
   def __call__(self, x: jax.Array, y: jax.Array | None = None,

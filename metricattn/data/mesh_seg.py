@@ -73,7 +73,8 @@ class MeshSegData:
       raise UserError(f"data.batch_size {self.batch_size} must be in 1..{num_train} (the "
                       "training meshes)")
     self.info = {"num_classes": meshes.NUM_CLASSES,
-                 "input_shape": (every[0][0].shape[1],), "graph": True}
+                 "input_shape": (every[0][0].shape[1],), "graph": True,
+                 "sorted_edges": True}  # batch(): each mesh's edges sorted, meshes in order
 
   def batch(self, split: str, ids) -> dict:
     """The meshes `ids` of `split` as one padded graph (see the module docstring)."""

@@ -18,8 +18,9 @@ configs without `implementation` or `dtype` get None (the kernels choose) and fl
 `dtype` "bfloat16" computes every layer in bfloat16 (parameters stay float32; the task casts
 the logits to float32). The graph-masked path takes no `implementation` (it refuses one):
 its kernel follows the graph's form (metricattn/attention/graph.py): neighbour lists
-[n, max_degree] run the "ell" kernel, an edge list [edges] (the mesh data's, sorted and
-deduplicated on the host) the sorted-segment one.
+[n, max_degree] run the "ell" kernel, an edge list [edges] the sorted-segment one. A data
+set whose edge lists are sorted and distinct already (the mesh data's, built on the host)
+says so with `info["sorted_edges"]`, and the kernel does not sort them again each step.
 """
 
 from __future__ import annotations
@@ -36,13 +37,13 @@ class PropagationBlock(nnx.Module):
 
   def __init__(self, width: int, *, attention: AttentionOptions, num_heads: int, qk_dim: int,
                d_mlp: int, residual: bool, layer_norm: bool, projections: bool,
-               rngs: nnx.Rngs):
+               rngs: nnx.Rngs, sorted_edges: bool = False):
     self.attn = attention.layer(width, num_heads=num_heads, qk_features=qk_dim, d_mlp=d_mlp,
                                 v_features=width if projections else None,
                                 out_features=width if projections else None, rngs=rngs)
     self.norm = (nnx.LayerNorm(width, dtype=attention.dtype, rngs=rngs) if layer_norm
                  else None)
-    self.residual = residual
+    self.residual, self.sorted_edges = residual, sorted_edges
 
   def __call__(self, h: jax.Array, mask: jax.Array | None, graph=None) -> jax.Array:
     """h [1, n, width], mask [n, n] or None; or `graph` = (receivers, senders), an edge list
@@ -50,7 +51,7 @@ class PropagationBlock(nnx.Module):
     along edges, no [n, n] array)."""
     x = self.norm(h) if self.norm is not None else h
     if graph is not None:
-      out = self.attn.graph(x[0], *graph)[None]
+      out = self.attn.graph(x[0], *graph, presorted=self.sorted_edges)[None]
     else:
       out = self.attn(x, mask=None if mask is None else mask[None, None])
     return h + out if self.residual else out
@@ -61,13 +62,14 @@ class IPN(nnx.Module):
 
   def __init__(self, in_dim: int, num_classes: int, *, width: int, depth: int,
                attention: AttentionOptions, num_heads: int, qk_dim: int, d_mlp: int,
-               residual: bool, layer_norm: bool, projections: bool, rngs: nnx.Rngs):
+               residual: bool, layer_norm: bool, projections: bool, rngs: nnx.Rngs,
+               sorted_edges: bool = False):
     dtype = attention.dtype
     self.embed = nnx.Linear(in_dim, width, dtype=dtype, rngs=rngs)
     self.blocks = nnx.List([
         PropagationBlock(width, attention=attention, num_heads=num_heads, qk_dim=qk_dim,
                          d_mlp=d_mlp, residual=residual, layer_norm=layer_norm,
-                         projections=projections, rngs=rngs)
+                         projections=projections, rngs=rngs, sorted_edges=sorted_edges)
         for _ in range(depth)])
     self.head = nnx.Linear(width, num_classes, dtype=dtype, rngs=rngs)
 
@@ -93,4 +95,5 @@ def from_config(m, info: dict, rngs: nnx.Rngs) -> IPN:
   return IPN(math.prod(info["input_shape"]), info["num_classes"], width=m.width,
              depth=m.depth, attention=AttentionOptions.from_config(m), num_heads=m.num_heads,
              qk_dim=m.qk_dim, d_mlp=m.d_mlp, residual=m.residual, layer_norm=m.layer_norm,
-             projections=m.projections, rngs=rngs)
+             projections=m.projections, rngs=rngs,
+             sorted_edges=bool(info.get("sorted_edges", False)))
