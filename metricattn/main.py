@@ -72,7 +72,7 @@ def parse_flags(argv: list[str]) -> list[str]:
     if isinstance(e, (KeyError, AttributeError)):
       text = text.strip("'\"")  # a KeyError's str() is a repr in quotes
       unknown_override(argv)
-      config_raises(argv)
+    config_raises(argv)  # a get_config raising ValueError arrives as a flags.Error
     fail(f"bad flag or config override: {text}")
   except Exception as e:  # the config file's get_config raised
     config_raises(argv)
