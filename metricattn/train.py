@@ -315,8 +315,9 @@ def _train(configs, workdirs: list[Path], ckpt_dir: Path, stacked: bool,
   check_config(configs[0], split_batch=not (stacked and seeds_split_over_devices(len(configs))))
   created = not ckpt_dir.exists()
   runs_lib.make_workdir(ckpt_dir)
-  lock = lock_workdir(ckpt_dir)
+  lock = None
   try:
+    lock = lock_workdir(ckpt_dir)  # a full disk can stop even this first write
     with Signals() as signals:
       return _train_locked(configs, workdirs, ckpt_dir, stacked, allow_config_change, signals)
   except OSError as e:  # metrics.jsonl, config.json, summary.json
@@ -330,10 +331,10 @@ def _train(configs, workdirs: list[Path], ckpt_dir: Path, stacked: bool,
   finally:
     if lock is not None:
       lock.release()
-      if created and {p.name for p in ckpt_dir.iterdir()} <= {".lock"}:
-        # A start that failed before writing anything leaves no workdir behind.
-        (ckpt_dir / ".lock").unlink(missing_ok=True)
-        ckpt_dir.rmdir()
+    if created and multihost.primary() and {p.name for p in ckpt_dir.iterdir()} <= {".lock"}:
+      # A start that failed before writing anything leaves no workdir behind.
+      (ckpt_dir / ".lock").unlink(missing_ok=True)
+      ckpt_dir.rmdir()
 
 
 def lock_workdir(ckpt_dir: Path) -> runs_lib.Lock | None:

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -76,6 +77,23 @@ def test_torn_last_line_is_dropped_with_a_warning(tmp_path, uninterrupted):
   assert out.returncode == 0, out.stderr
   assert "dropped a torn last line" in out.stderr
   assert read_jsonl(tmp_path / "metrics.jsonl") == uninterrupted
+
+
+def test_full_disk_at_the_first_write_is_one_line_and_leaves_no_workdir(tmp_path,
+                                                                        monkeypatch):
+  """The workdir's lock file is the first thing a run writes (the probe found a traceback)."""
+  from metricattn import runs
+
+  def full(self, workdir):
+    (Path(workdir) / ".lock").touch()
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+  monkeypatch.setattr(runs.Lock, "__init__", full)
+  workdir = tmp_path / "w"
+  with pytest.raises(DiskFull, match=f"^no space left on device while writing {workdir}; no "
+                     "checkpoint was written yet; free space and rerun the same command$"):
+    train_and_evaluate(tiny_moons(), workdir)
+  assert not workdir.exists()
 
 
 def test_full_disk_while_logging_is_one_line(tmp_path, monkeypatch):
