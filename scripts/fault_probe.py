@@ -13,9 +13,9 @@ than one error line, a lost row, a run left training). Exit code 1 when any case
 
 Everything is written below DIR (default: a new temporary directory), with $METRICATTN_DATA
 and $METRICATTN_XLA_CACHE pointed there; data sets are generated small and offline. Takes
-about 15 minutes on the 2-core CPU; the tests cover the same faults with fault hooks
-(tests/test_nothing_lost.py, test_runs.py, test_multihost.py, test_caches.py,
-test_validation.py)."""
+about 45 minutes on the 2-core CPU at load 5-9 (the groups one by one); the tests cover the
+same faults with fault hooks (tests/test_nothing_lost.py, test_runs.py, test_multihost.py,
+test_caches.py, test_validation.py)."""
 
 from __future__ import annotations
 
