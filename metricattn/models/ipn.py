@@ -37,21 +37,22 @@ class PropagationBlock(nnx.Module):
 
   def __init__(self, width: int, *, attention: AttentionOptions, num_heads: int, qk_dim: int,
                d_mlp: int, residual: bool, layer_norm: bool, projections: bool,
-               rngs: nnx.Rngs, sorted_edges: bool = False):
+               rngs: nnx.Rngs):
     self.attn = attention.layer(width, num_heads=num_heads, qk_features=qk_dim, d_mlp=d_mlp,
                                 v_features=width if projections else None,
                                 out_features=width if projections else None, rngs=rngs)
     self.norm = (nnx.LayerNorm(width, dtype=attention.dtype, rngs=rngs) if layer_norm
                  else None)
-    self.residual, self.sorted_edges = residual, sorted_edges
+    self.residual = residual
 
-  def __call__(self, h: jax.Array, mask: jax.Array | None, graph=None) -> jax.Array:
+  def __call__(self, h: jax.Array, mask: jax.Array | None, graph=None,
+               presorted: bool = False) -> jax.Array:
     """h [1, n, width], mask [n, n] or None; or `graph` = (receivers, senders), an edge list
     [edges] or neighbour lists [n, max_degree]: the sparse graph-masked path (attention only
-    along edges, no [n, n] array)."""
+    along edges, no [n, n] array); `presorted`: the edge list is sorted and distinct."""
     x = self.norm(h) if self.norm is not None else h
     if graph is not None:
-      out = self.attn.graph(x[0], *graph, presorted=self.sorted_edges)[None]
+      out = self.attn.graph(x[0], *graph, presorted=presorted)[None]
     else:
       out = self.attn(x, mask=None if mask is None else mask[None, None])
     return h + out if self.residual else out
@@ -69,9 +70,10 @@ class IPN(nnx.Module):
     self.blocks = nnx.List([
         PropagationBlock(width, attention=attention, num_heads=num_heads, qk_dim=qk_dim,
                          d_mlp=d_mlp, residual=residual, layer_norm=layer_norm,
-                         projections=projections, rngs=rngs, sorted_edges=sorted_edges)
+                         projections=projections, rngs=rngs)
         for _ in range(depth)])
     self.head = nnx.Linear(width, num_classes, dtype=dtype, rngs=rngs)
+    self.sorted_edges = sorted_edges
 
   def __call__(self, x: jax.Array, mask: jax.Array | None = None, *, receivers=None,
                senders=None, faces=None, train: bool = False, rngs=None) -> jax.Array:
@@ -84,7 +86,7 @@ class IPN(nnx.Module):
     graph = None if receivers is None else (receivers, senders)
     h = self.embed(x.reshape(x.shape[0], -1))[None]
     for block in self.blocks:
-      h = block(h, mask, graph)
+      h = block(h, mask, graph, self.sorted_edges)
     h = h[0] if faces is None else h[0][faces].mean(axis=1)
     return self.head(h)
 
