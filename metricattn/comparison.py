@@ -120,9 +120,10 @@ def group_stats(rs: list[dict], metric: str, target: float | None) -> dict:
   """Aggregates over the seeds of one group."""
   per = [run_stats(r, metric, target) for r in rs]
   col = lambda k: [p[k] for p in per]
+  val_key = f"{SELECTION_SPLIT}/{metric.split('/')[1]}"
   return {"attention": rs[0].get("attention", "?"), "seeds": [r["seed"] for r in rs],
           "final": stats.summarize(col("final")), "final_values": col("final"),
-          "best_mean": _mean(col("best")), "late_gain": _mean(col("late_gain")),
+          "val_final": _mean([r.get(val_key) for r in rs]), "best_mean": _mean(col("best")), "late_gain": _mean(col("late_gain")),
           "steps_to_target": _median(col("steps_to_target")),
           "seconds_to_target": _median(col("seconds_to_target")),
           "has_target": target is not None,
@@ -146,13 +147,16 @@ def baseline_of(name: str, groups: dict[str, dict]) -> str | None:
   return softmax[0] if len(softmax) == 1 else None
 
 
-def comparisons(groups: dict[str, dict]) -> tuple[list[dict], list[str]]:
-  """(comparisons with the baseline, "group vs baseline" pairs left out for < 2 seeds)."""
+def comparisons(groups: dict[str, dict], pairs: list[tuple[str, str | None]] | None = None
+                ) -> tuple[list[dict], list[str]]:
+  """(comparisons of each (group, baseline) pair, by default every group with its
+  `baseline_of`; "group vs baseline" pairs left out for < 2 seeds)."""
   out, left_out = [], []
-  for name, g in groups.items():
-    base = baseline_of(name, groups)
+  pairs = [(name, baseline_of(name, groups)) for name in groups] if pairs is None else pairs
+  for name, base in pairs:
     if base is None:
       continue
+    g = groups[name]
     if min(g["final"]["n"], groups[base]["final"]["n"]) < 2:
       left_out.append(f"{name} vs {base}")
       continue
@@ -160,6 +164,29 @@ def comparisons(groups: dict[str, dict]) -> tuple[list[dict], list[str]]:
                 **stats.compare(g["final_values"], groups[base]["final_values"],
                                 seeds_a=g["seeds"], seeds_b=groups[base]["seeds"])})
   return out, left_out
+
+
+def chosen_per_kind(groups: dict[str, dict]) -> dict[str, str]:
+  """Per attention kind run at several grid points (a grid over another setting, such as
+  the learning rate): the group with the highest mean final `val` score of the headline
+  metric, the first in group order on a tie; test is not looked at. {} when no kind has
+  several groups or a group has no val score."""
+  by_kind: dict[str, list[str]] = {}
+  for name, g in groups.items():
+    by_kind.setdefault(g["attention"], []).append(name)
+  if all(len(names) == 1 for names in by_kind.values()) or any(
+      g["val_final"] is None for g in groups.values()):
+    return {}
+  return {kind: max(names, key=lambda n: groups[n]["val_final"])
+          for kind, names in by_kind.items()}
+
+
+def chosen_comparisons(groups: dict[str, dict], chosen: dict[str, str]
+                       ) -> tuple[list[dict], list[str]]:
+  """`comparisons` of each kind's chosen group with the chosen softmax group."""
+  base = chosen.get(BASELINE)
+  return comparisons(groups, [(name, base) for kind, name in chosen.items()
+                              if kind != BASELINE])
 
 
 # ---------------------------------------------------------------- rendering
@@ -272,6 +299,31 @@ def comparison_table(comps: list[dict], left_out: list[str], metric: str) -> lis
   return lines + [""] + note
 
 
+def chosen_lines(groups: dict[str, dict], chosen: dict[str, str], metric: str) -> list[str]:
+  """The section of the groups chosen per kind on val (`chosen_per_kind`), and their
+  comparison with the chosen softmax group; [] without a choice."""
+  if not chosen:
+    return []
+  d, val_key = metric_digits(metric), f"{SELECTION_SPLIT}/{metric.split('/')[1]}"
+  rows = []
+  for kind, name in chosen.items():
+    names = [n for n, g in groups.items() if g["attention"] == kind]
+    g = groups[name]
+    rows.append([kind, name + (" (edge of the grid)" if name in (names[0], names[-1]) else ""),
+                 f"{fmt(g['val_final'], d)} (of {', '.join(fmt(groups[n]['val_final'], d) for n in names)})",
+                 mean_std(g["final"], d), fmt(g["late_gain"], d)])
+  comps, left_out = chosen_comparisons(groups, chosen)
+  return ["## Chosen per kind on val", "",
+          f"Each kind's setting chosen on `{SELECTION_SPLIT}`: the group with the highest mean "
+          f"final `{val_key}` over its seeds (test is not looked at); the kinds compared at "
+          "their chosen settings. A choice at the edge of the grid means the grid may not "
+          "hold the kind's best value.", "",
+          *markdown_table(["kind", "chosen group", f"final {val_key} (mean; every group of "
+                           "the kind in order)", f"{metric} mean ± std",
+                           "gain in last 20% of steps (mean)"], rows), "",
+          *comparison_table(comps, left_out, metric)]
+
+
 def per_seed_table(groups: dict[str, dict], runs_by_group: dict[str, list[dict]],
                    metric: str) -> list[str]:
   d, val = metric_digits(metric), has_val(groups)
@@ -327,6 +379,7 @@ def render(root: Path, runs: list[dict], *, target: float | None = None,
   runs_by_group = group_runs(runs)
   groups = {n: group_stats(rs, metric, target) for n, rs in runs_by_group.items()}
   comps, left_out = comparisons(groups)
+  chosen = chosen_per_kind(groups)
   lines = header_lines(root, runs, metric, target, experiment)
   best = (f"`{metric}` {BEST}: at the evaluation with the best `{SELECTION_SPLIT}` "
           "score (accuracy, else BLEU, else lowest loss), as `evaluate --step best` chooses. "
@@ -345,7 +398,7 @@ def render(root: Path, runs: list[dict], *, target: float | None = None,
             "it includes the descent itself, so compare it between groups of equal loss "
             "curves' shape with care).",
             "", "## Comparison with softmax", "", *comparison_table(comps, left_out, metric),
-            *more_lines]
+            *chosen_lines(groups, chosen, metric), *more_lines]
   if figures:
     title = f"{experiment_title(root, experiment)}: {metric}"
     lines += ["## Figures", ""]
@@ -362,7 +415,9 @@ def render(root: Path, runs: list[dict], *, target: float | None = None,
             "seeds advance one step)."]
   data = {"metric": metric, "target": target, "experiment": experiment,
           "groups": {n: {k: v for k, v in g.items()} for n, g in groups.items()},
-          "comparisons": comps, "not_compared": left_out}
+          "comparisons": comps, "not_compared": left_out,
+          **({"chosen": chosen, "chosen_comparisons": chosen_comparisons(groups, chosen)[0]}
+             if chosen else {})}
   return "\n".join(lines) + "\n", data
 
 

@@ -76,7 +76,8 @@ def grid_of(exp: registry.Experiment, budget: str, root: Path, jobs: int | None)
   """The experiment's grid: `run_grid`'s arguments, but the seeds as `--seeds` text."""
   b = exp.budget(budget)
   return {"config": os.path.relpath(config_path(exp)) + exp.config_arg(budget)[len(exp.config):],
-          "grid": [f"attention={','.join(exp.kinds_of(budget))}"], "seeds": f"0:{b.seeds}",
+          "grid": [f"attention={','.join(exp.kinds_of(budget))}", *b.grid],
+          "seeds": f"0:{b.seeds}",
           "root": root, "overrides": list(b.overrides), "jobs": jobs or b.jobs,
           "vmap_seeds": exp.vmap_seeds}
 
@@ -96,7 +97,8 @@ def record(root: Path, exp: registry.Experiment, budget: str, sweep: list[str],
   """Writes ROOT/experiment.json; refuses a root that holds another definition."""
   b = exp.budget(budget)
   definition = {"config": exp.config_arg(budget), "kinds": list(exp.kinds_of(budget)),
-                "seeds": b.seeds, "overrides": list(b.overrides), "vmap_seeds": exp.vmap_seeds}
+                "seeds": b.seeds, "overrides": list(b.overrides), "vmap_seeds": exp.vmap_seeds,
+                **({"grid": list(b.grid)} if b.grid else {})}
   path = root / "experiment.json"
   if path.exists():
     old = json.loads(path.read_text())

@@ -60,6 +60,9 @@ self-attention, L2: l2 self-attention) on one measure of the runs of one task an
   or retrieval for translation; `python -m metricattn.baselines`), on the same data: a
   deterministic baseline on one split counts as a
   group without spread, one value per seed.
+- Where a budget runs each kind over a grid of another setting (the IPN `lr` budgets: the
+  learning rate), each kind is judged at the setting chosen for it on val (the report's
+  "Chosen per kind on val"), never on test.
 - Paired tests (paired t and Wilcoxon signed-rank on the seeds both kinds ran) are shown
   beside the unpaired ones; the verdict uses the unpaired tests.
 """
@@ -188,7 +191,10 @@ def task_rows(results: Path, reports: dict[Path, dict]) -> tuple[dict | None, li
   """The task of results/NAME (`reports`: every results directory's report.json)."""
   report = reports[results]
   exp, groups = report.get("experiment"), report["groups"]
-  kinds = {g["attention"]: g for name, g in groups.items() if name == f"attention={g['attention']}"}
+  # a grid over another setting (the learning rate): each kind at its setting chosen on val
+  kinds = ({kind: groups[name] for kind, name in report["chosen"].items()}
+           if report.get("chosen") else
+           {g["attention"]: g for name, g in groups.items() if name == f"attention={g['attention']}"})
   if not exp or MA not in kinds:
     return None, []
   metric, d = report["metric"], metric_digits(report["metric"])
@@ -232,8 +238,9 @@ def task_rows(results: Path, reports: dict[Path, dict]) -> tuple[dict | None, li
     rows.append(claim(task, "spread", "smaller spread of the final metric", other,
                       ma["final_values"], o["final_values"], better=-1, kind="spread",
                       **common))
-    rob_ma = robustness_scores(results / "robustness.json", f"attention={MA}")
-    rob_o = robustness_scores(results / "robustness.json", f"attention={other}")
+    group_of = lambda k: (report.get("chosen") or {}).get(k, f"attention={k}")
+    rob_ma = robustness_scores(results / "robustness.json", group_of(MA))
+    rob_o = robustness_scores(results / "robustness.json", group_of(other))
     for attack in rob_ma:
       if attack in rob_o:
         rows.append(claim(task, f"robustness: {attack}",

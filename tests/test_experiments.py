@@ -29,6 +29,13 @@ def test_definitions_load_with_every_budget(name):
   for budget in exp.budgets:
     config = experiment.load_config(exp, budget, "l2")   # overrides hit existing keys
     assert config.model.attention == "l2"
+  if exp.config == "configs/ipn_mnist.py":  # each kind's learning rate chosen on val
+    for budget in ("lr", "full"):
+      assert experiment.grid_of(exp, budget, experiment.REPO, None)["grid"][1:] == [
+          registry.LR_GRID]
+      assert experiment.load_config(exp, budget, "l2").data.val_size > 0
+    assert experiment.grid_of(exp, "quick", experiment.REPO, None)["grid"] == [
+        f"attention={','.join(exp.kinds)}"]
   if "l2_lipschitz" in exp.kinds:  # the fourth robustness row: l2 with Kim et al.'s values
     config = experiment.load_config(exp, "test", "l2_lipschitz")
     assert (config.model.attention, config.model.value_map) == ("l2", "lipschitz")

@@ -26,7 +26,7 @@ def write_run(workdir, *, seed, kind, final, losses=(4.0, 2.0, 4.0, 2.0),
   (workdir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
   summary = {f"test/{metric}": final, "train/loss": losses[-1], "attention": kind,
              "num_params": 42, "steps_per_second": sps, "step": 400, "seeds_in_program": 1,
-             "platform": "cpu", "devices": 1}
+             "platform": "cpu", "devices": 1, **({f"val/{metric}": val[-1][1]} if val else {})}
   (workdir / "summary.json").write_text(json.dumps(summary))
 
 
@@ -69,6 +69,39 @@ def test_best_eval_is_chosen_on_val(tmp_path):
   g = json.loads((tmp_path / "report.json").read_text())["groups"]["attention=l2"]
   assert g["best_mean"] == pytest.approx(0.96)   # test at step 200 (best val), not 0.97
   assert "test/accuracy at best val eval (mean)" in text and "| 0.9600 |" in text
+
+
+def test_setting_is_chosen_per_kind_on_val_and_the_choices_compared(tmp_path):
+  """A grid over the learning rate: each kind's rate is the one with the best mean final val
+  score (whatever test says), and the kinds are compared at their chosen rates."""
+  val_final = {("softmax", "1e-3"): 0.7, ("softmax", "1e-2"): 0.9,
+               ("l2", "1e-3"): 0.8, ("l2", "1e-2"): 0.6}
+  test_final = {("softmax", "1e-3"): 0.99, ("softmax", "1e-2"): 0.5,
+                ("l2", "1e-3"): 0.7, ("l2", "1e-2"): 0.99}
+  for (kind, lr), v in val_final.items():
+    for seed in range(3):
+      write_run(tmp_path / f"attention={kind}" / f"optimizer.lr={lr}" / f"seed={seed}",
+                seed=seed, kind=kind, final=test_final[kind, lr] + 0.01 * seed,
+                val=((100, 0.1), (400, v)))
+  text = write_report(tmp_path)
+  data = json.loads((tmp_path / "report.json").read_text())
+  assert data["chosen"] == {"l2": "attention=l2/optimizer.lr=1e-3",
+                            "softmax": "attention=softmax/optimizer.lr=1e-2"}
+  [c] = data["chosen_comparisons"]
+  assert (c["group"], c["baseline"]) == ("attention=l2/optimizer.lr=1e-3",
+                                         "attention=softmax/optimizer.lr=1e-2")
+  assert c["diff"] == pytest.approx(0.7 - 0.5)
+  assert "## Chosen per kind on val" in text
+  assert "| softmax | attention=softmax/optimizer.lr=1e-2 (edge of the grid) | 0.9000 (of 0.7000, 0.9000)" in text
+  # the per-rate comparisons are still there, each rate's l2 against its softmax
+  assert {(c["group"], c["baseline"]) for c in data["comparisons"]} == {
+      ("attention=l2/optimizer.lr=1e-3", "attention=softmax/optimizer.lr=1e-3"),
+      ("attention=l2/optimizer.lr=1e-2", "attention=softmax/optimizer.lr=1e-2")}
+
+
+def test_no_choice_without_a_grid_or_without_val(root):
+  write_report(root)
+  assert "chosen" not in json.loads((root / "report.json").read_text())
 
 
 def test_comparison_with_softmax(root):
