@@ -5,7 +5,8 @@
 A table is a block between `<!-- table results/NAME -->` and `<!-- /table -->`; it is
 rebuilt from results/NAME/report.json (per attention kind: seeds, the headline metric's mean
 ± std, min, max, steps to the target, final training loss, steps/s, parameters; then each
-kind against softmax). `--check` only says which blocks are out of date (exit 1 if any).
+kind against softmax). A report that chose each kind's setting on val (a grid over the
+learning rate) shows each kind at its chosen setting, named in parentheses. `--check` only says which blocks are out of date (exit 1 if any).
 """
 
 from __future__ import annotations
@@ -28,20 +29,28 @@ BLOCK = re.compile(r"(<!-- table (\S+) -->\n)(.*?)(<!-- /table -->)", re.S)
 
 def table(results: str) -> str:
   report = json.loads((ROOT / results / "report.json").read_text())
-  metric, groups = report["metric"], report["groups"]
+  metric, chosen = report["metric"], report.get("chosen")
+  groups = {n: report["groups"][n] for n in chosen.values()} if chosen else report["groups"]
   d = metric_digits(metric)
-  rows = [[g["attention"], g["final"]["n"], mean_std(g["final"], d), fmt(g["final"]["min"], d),
+
+  def label(name: str) -> str:   # 'attention=l2/optimizer.lr=3e-4' -> 'l2 (optimizer.lr=3e-4)'
+    kind = report["groups"][name]["attention"]
+    rest = "/".join(p for p in name.split("/") if not p.startswith("attention="))
+    return f"{kind} ({rest})" if rest else kind
+
+  rows = [[label(n), g["final"]["n"], mean_std(g["final"], d), fmt(g["final"]["min"], d),
            fmt(g["final"]["max"], d), target_cell(g), fmt(g["final_loss"]),
-           fmt(g["steps_per_second"], 1), f"{g['num_params']:,}"] for g in groups.values()]
+           fmt(g["steps_per_second"], 1), f"{g['num_params']:,}"] for n, g in groups.items()]
   target = report.get("target")
   lines = markdown_table(
       ["attention", "seeds", f"{metric} mean ± std", "min", "max",
        f"steps to {fmt(target, d) if target is not None else 'target'} (median, reached)",
        "final train loss", "steps/s", "params"], rows)
-  comps = [[c["group"].split("=", 1)[-1], f"{c['diff']:+.{d}f}",
+  comps = [[label(c["group"]), f"{c['diff']:+.{d}f}",
             "n/a (< 5 seeds)" if c["ci_low"] is None
             else f"[{c['ci_low']:+.{d}f}, {c['ci_high']:+.{d}f}]", fmt_p(c["welch_p"]),
-            fmt_p(c["mannwhitney_p"])] for c in report.get("comparisons", [])]
+            fmt_p(c["mannwhitney_p"])]
+           for c in report.get("chosen_comparisons" if chosen else "comparisons", [])]
   if comps:
     lines += [""] + markdown_table(["against softmax", "difference of means",
                                     "95% bootstrap interval", "Welch t p",
