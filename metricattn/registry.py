@@ -309,8 +309,10 @@ EXPERIMENTS = {e.name: e for e in [
             "decisive": Budget("size=cpu", ("train.eval_every=250",), seeds=5, jobs=2,
                                note="OURS: `quick` with 5 seeds, evaluated every 250 steps "
                                     "(its training loss is flat from step 600 on); about 95 "
-                                    "minutes on the 2-core CPU, from the quick budget's 2.1 "
-                                    "steps/s per run (2 at a time, Intel Xeon)"),
+                                    "minutes on a quiet 2-core CPU, from the quick budget's "
+                                    "2.1 steps/s per run (2 at a time, Intel Xeon); the "
+                                    "committed run took 142 minutes beside other work "
+                                    "(docs/lra.md)"),
             "test": Budget("size=cpu,steps=20",
                            ("data.num_train=64", "data.num_val=16", "data.num_test=16",
                             "data.min_length=8", "data.max_length=40", "data.bucket=8",
