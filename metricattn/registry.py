@@ -201,8 +201,8 @@ EXPERIMENTS = {e.name: e for e in [
                note="1,000 steps (about 2 epochs), 10 seeds vmapped per kind; offline "
                     "(Debian's dataset-fashion-mnist)")),
     ipn("ipn_digits", "digits", "Digits 8x8, IPN (paper Fig. 3 on scikit-learn digits)", 0.9, 10_000,
-        "about 700 epochs; a CPU suffices (about 20 minutes on the 2-core CPU, estimated "
-        "from the quick budget's speed)",
+        "about 700 epochs; a CPU suffices (the committed run: 84 minutes on the 2-core "
+        "CPU beside another run, docs/results.md)",
         Budget("steps=1500", ("train.eval_every=100", "train.checkpoint_every=500"),
                note="1,500 steps (about 100 epochs), 10 seeds vmapped per kind; offline")),
     Experiment(
