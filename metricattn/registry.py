@@ -172,10 +172,10 @@ MESH_DECISIVE = Budget("features=hks_noisy,steps=4000", ("train.eval_every=400",
                        note="`hks_noisy` features (the HKS plus per-vertex noise), 4,000 "
                             "steps of 2 meshes (about 20 epochs), 5 seeds vmapped per kind, "
                             "evaluated every 400 steps; more than the 100 minutes asked for: "
-                            "measured 0.8-1.45 vmapped steps/s on the 2-core CPU beside "
-                            "other runs, about 2.3-4.3 hours for the three kinds (docs/"
-                            "graph.md); it resumes from its checkpoints, so it can be run in "
-                            "several sittings")
+                            "the committed run took 43 minutes each for l2 and metric (1.6 "
+                            "vmapped steps/s) and longer for softmax (1.1) on the 2-core CPU "
+                            "beside other runs (docs/graph.md); it resumes from its "
+                            "checkpoints, so it can be run in several sittings")
 
 EXPERIMENTS = {e.name: e for e in [
     Experiment(
