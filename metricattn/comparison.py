@@ -116,14 +116,20 @@ def _median(values) -> float | None:
   return stats.summarize(v)["median"] if v else None
 
 
+def val_metric(metric: str) -> str:
+  """The headline metric's key on the split settings are chosen on: test/accuracy ->
+  val/accuracy."""
+  return f"{SELECTION_SPLIT}/{metric.split('/')[1]}"
+
+
 def group_stats(rs: list[dict], metric: str, target: float | None) -> dict:
   """Aggregates over the seeds of one group."""
   per = [run_stats(r, metric, target) for r in rs]
   col = lambda k: [p[k] for p in per]
-  val_key = f"{SELECTION_SPLIT}/{metric.split('/')[1]}"
   return {"attention": rs[0].get("attention", "?"), "seeds": [r["seed"] for r in rs],
           "final": stats.summarize(col("final")), "final_values": col("final"),
-          "val_final": _mean([r.get(val_key) for r in rs]), "best_mean": _mean(col("best")), "late_gain": _mean(col("late_gain")),
+          "val_final": _mean([r.get(val_metric(metric)) for r in rs]),
+          "best_mean": _mean(col("best")), "late_gain": _mean(col("late_gain")),
           "steps_to_target": _median(col("steps_to_target")),
           "seconds_to_target": _median(col("seconds_to_target")),
           "has_target": target is not None,
@@ -299,12 +305,13 @@ def comparison_table(comps: list[dict], left_out: list[str], metric: str) -> lis
   return lines + [""] + note
 
 
-def chosen_lines(groups: dict[str, dict], chosen: dict[str, str], metric: str) -> list[str]:
+def chosen_lines(groups: dict[str, dict], chosen: dict[str, str],
+                 chosen_comps: tuple[list[dict], list[str]], metric: str) -> list[str]:
   """The section of the groups chosen per kind on val (`chosen_per_kind`), and their
-  comparison with the chosen softmax group; [] without a choice."""
+  comparison with the chosen softmax group (`chosen_comparisons`); [] without a choice."""
   if not chosen:
     return []
-  d, val_key = metric_digits(metric), f"{SELECTION_SPLIT}/{metric.split('/')[1]}"
+  d, val_key = metric_digits(metric), val_metric(metric)
   rows = []
   for kind, name in chosen.items():
     names = [n for n, g in groups.items() if g["attention"] == kind]
@@ -312,7 +319,6 @@ def chosen_lines(groups: dict[str, dict], chosen: dict[str, str], metric: str) -
     rows.append([kind, name + (" (edge of the grid)" if name in (names[0], names[-1]) else ""),
                  f"{fmt(g['val_final'], d)} (of {', '.join(fmt(groups[n]['val_final'], d) for n in names)})",
                  mean_std(g["final"], d), fmt(g["late_gain"], d)])
-  comps, left_out = chosen_comparisons(groups, chosen)
   return ["## Chosen per kind on val", "",
           f"Each kind's setting chosen on `{SELECTION_SPLIT}`: the group with the highest mean "
           f"final `{val_key}` over its seeds (test is not looked at); the kinds compared at "
@@ -321,7 +327,7 @@ def chosen_lines(groups: dict[str, dict], chosen: dict[str, str], metric: str) -
           *markdown_table(["kind", "chosen group", f"final {val_key} (mean; every group of "
                            "the kind in order)", f"{metric} mean ± std",
                            "gain in last 20% of steps (mean)"], rows), "",
-          *comparison_table(comps, left_out, metric)]
+          *comparison_table(*chosen_comps, metric)]
 
 
 def per_seed_table(groups: dict[str, dict], runs_by_group: dict[str, list[dict]],
@@ -380,6 +386,7 @@ def render(root: Path, runs: list[dict], *, target: float | None = None,
   groups = {n: group_stats(rs, metric, target) for n, rs in runs_by_group.items()}
   comps, left_out = comparisons(groups)
   chosen = chosen_per_kind(groups)
+  chosen_comps = chosen_comparisons(groups, chosen) if chosen else ([], [])
   lines = header_lines(root, runs, metric, target, experiment)
   best = (f"`{metric}` {BEST}: at the evaluation with the best `{SELECTION_SPLIT}` "
           "score (accuracy, else BLEU, else lowest loss), as `evaluate --step best` chooses. "
@@ -398,7 +405,7 @@ def render(root: Path, runs: list[dict], *, target: float | None = None,
             "it includes the descent itself, so compare it between groups of equal loss "
             "curves' shape with care).",
             "", "## Comparison with softmax", "", *comparison_table(comps, left_out, metric),
-            *chosen_lines(groups, chosen, metric), *more_lines]
+            *chosen_lines(groups, chosen, chosen_comps, metric), *more_lines]
   if figures:
     title = f"{experiment_title(root, experiment)}: {metric}"
     lines += ["## Figures", ""]
@@ -416,8 +423,7 @@ def render(root: Path, runs: list[dict], *, target: float | None = None,
   data = {"metric": metric, "target": target, "experiment": experiment,
           "groups": {n: {k: v for k, v in g.items()} for n, g in groups.items()},
           "comparisons": comps, "not_compared": left_out,
-          **({"chosen": chosen, "chosen_comparisons": chosen_comparisons(groups, chosen)[0]}
-             if chosen else {})}
+          **({"chosen": chosen, "chosen_comparisons": chosen_comps[0]} if chosen else {})}
   return "\n".join(lines) + "\n", data
 
 

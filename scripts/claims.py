@@ -192,9 +192,10 @@ def task_rows(results: Path, reports: dict[Path, dict]) -> tuple[dict | None, li
   report = reports[results]
   exp, groups = report.get("experiment"), report["groups"]
   # a grid over another setting (the learning rate): each kind at its setting chosen on val
-  kinds = ({kind: groups[name] for kind, name in report["chosen"].items()}
-           if report.get("chosen") else
-           {g["attention"]: g for name, g in groups.items() if name == f"attention={g['attention']}"})
+  chosen = report.get("chosen") or {}
+  group_of = lambda kind: chosen.get(kind, f"attention={kind}")
+  kinds = ({kind: groups[name] for kind, name in chosen.items()} if chosen else
+           {g["attention"]: g for name, g in groups.items() if name == group_of(g["attention"])})
   if not exp or MA not in kinds:
     return None, []
   metric, d = report["metric"], metric_digits(report["metric"])
@@ -238,7 +239,6 @@ def task_rows(results: Path, reports: dict[Path, dict]) -> tuple[dict | None, li
     rows.append(claim(task, "spread", "smaller spread of the final metric", other,
                       ma["final_values"], o["final_values"], better=-1, kind="spread",
                       **common))
-    group_of = lambda k: (report.get("chosen") or {}).get(k, f"attention={k}")
     rob_ma = robustness_scores(results / "robustness.json", group_of(MA))
     rob_o = robustness_scores(results / "robustness.json", group_of(other))
     for attack in rob_ma:

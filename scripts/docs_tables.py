@@ -6,7 +6,8 @@ A table is a block between `<!-- table results/NAME -->` and `<!-- /table -->`; 
 rebuilt from results/NAME/report.json (per attention kind: seeds, the headline metric's mean
 ± std, min, max, steps to the target, final training loss, steps/s, parameters; then each
 kind against softmax). A report that chose each kind's setting on val (a grid over the
-learning rate) shows each kind at its chosen setting, named in parentheses. `--check` only says which blocks are out of date (exit 1 if any).
+learning rate) shows each kind at its chosen setting, named in parentheses. `--check` only
+says which blocks are out of date (exit 1 if any).
 """
 
 from __future__ import annotations
