@@ -153,7 +153,9 @@ def train() -> None:
       run(train_and_evaluate, _CONFIG.value, _WORKDIR.value, _ALLOW_CHANGE.value)
   except KeyboardInterrupt as e:
     fail_interrupted(*interrupted_line(e))
-  except Interrupted as e:
+  except Interrupted as e:  # every process stopped at this step: they leave together
+    from metricattn import multihost
+    multihost.leave_together()
     fail_interrupted(str(e), e.code)
 
 

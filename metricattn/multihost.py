@@ -305,6 +305,24 @@ def exit_now(code: int, line: str | None = None) -> None:
   os._exit(code)
 
 
+def leave_together() -> None:
+  """After a stop that every process makes at the same step (a signal, shared through
+  `max_over_processes`, each process's checkpoint written): JAX's orderly shutdown, as a
+  finished run ends. Every process waits at its barrier and then stops polling the
+  coordination service; only then does process 0 take the service down. Leaving at once
+  instead (`exit_now`), process 0 could take the service with it while another process was
+  still on its way out, which then reported process 0 lost and exited 1, not with the
+  signal's code. A failure here (a process lost meanwhile) is ignored: the checkpoints are
+  written, and the rerun resumes from them."""
+  import jax
+  if jax.process_count() == 1:
+    return
+  try:
+    jax.distributed.shutdown()
+  except Exception:  # noqa: BLE001 (leaving anyway; the exit code says how the run stopped)
+    pass
+
+
 def primary() -> bool:
   """Whether this process writes the run's files and console lines (process 0)."""
   import jax

@@ -32,7 +32,8 @@ VIT = ("configs/vit_image.py", "dataset=digits,attention=metric,variant=Mu/4",
 KILL_AT = 12  # process 0 dies after logging this step; the last checkpoint is step 8
 
 # A process that sends itself `signal` once it has logged training step `step` (every
-# process calls its writer; only process 0's writes); it prints the time first.
+# process calls its writer; only process 0's writes); it prints the time first. It closes
+# its writers `slow_close` seconds late.
 SIGNALLER = """
 import os, signal, sys, time
 from metricattn import writers
@@ -43,6 +44,11 @@ def write_then_signal(self, step, split, metrics):
     print(f"signalled at {{time.time()}}", file=sys.stderr, flush=True)
     os.kill(os.getpid(), signal.{signal})
 writers.MetricWriter.write = write_then_signal
+close = writers.MetricWriter.close
+def slow_close(self):  # on its way out after the last collective, this process lags behind
+  time.sleep({slow_close})
+  close(self)
+writers.MetricWriter.close = slow_close
 sys.argv = ["main"] + sys.argv[1:]
 from absl import app
 from metricattn import main
@@ -63,15 +69,18 @@ def free_port() -> int:
 
 
 def two_processes(args: list[str], signaller: tuple[int, str, int] | None = None,
-                  ended: list[float] | None = None) -> list[tuple[int, str, str]]:
+                  ended: list[float] | None = None,
+                  slow_close: float = 0) -> list[tuple[int, str, str]]:
   """Runs `metricattn.main ARGS` as processes 0 and 1 of one run; (code, stdout, stderr) of
-  each. `signaller` (process, signal name, step): that process signals itself after step.
-  `ended`, when given, receives the time (time.time()) each process ended."""
+  each. `signaller` (process, signal name, step): that process signals itself after step,
+  and closes its writers `slow_close` seconds late. `ended`, when given, receives the time
+  (time.time()) each process ended."""
   port = free_port()
 
   def command(i):
     if signaller and signaller[0] == i:
-      return ["-c", SIGNALLER.format(signal=signaller[1], step=signaller[2])]
+      return ["-c", SIGNALLER.format(signal=signaller[1], step=signaller[2],
+                                     slow_close=slow_close)]
     return ["-m", "metricattn.main"]
 
   procs = [start_process(args, port, i, 2, command(i)) for i in range(2)]
@@ -167,12 +176,14 @@ def test_tiny_vit_two_processes_match_one(tmp_path):
 
 def test_vmapped_seeds_split_over_processes_and_sigterm_to_one(tmp_path):
   """Each process trains its own seed; SIGTERM to process 1 stops both at the next logged
-  step with a checkpoint, and the rerun finishes as one process does."""
+  step with a checkpoint, and the rerun finishes as one process does. Process 1 lags 3 s on
+  its way out: process 0, which runs the coordination service, waits for it (leaving first,
+  it made process 1 report it lost and exit 1)."""
   path, arg, overrides = MOONS
   overrides = dict(overrides, train__steps=6, train__log_every=2, train__eval_every=6,
                    train__checkpoint_every=6)
   args = [*flags((path, arg, overrides)), "--seeds=0,1", f"--workdir={tmp_path / 'two'}"]
-  stopped = two_processes(args, signaller=(1, "SIGTERM", 2))
+  stopped = two_processes(args, signaller=(1, "SIGTERM", 2), slow_close=3)
   assert [code for code, _, _ in stopped] == [128 + signal.SIGTERM] * 2, stopped
   for _, _, err in stopped:
     assert "SIGTERM: stopped at step 4 of 6 with a checkpoint" in err
