@@ -37,6 +37,8 @@ g-transformed queries and keys, applied by the caller).
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -198,29 +200,102 @@ def ell_attention(q: Array, k: Array, v: Array, senders: Array, *, distance: boo
                   scale: float) -> Array:
   """Neighbour-list attention: senders int32 [nodes, slots], -1 in padding slots.
 
-  One slot at a time, the slot loop unrolled (every array is [nodes, heads, ...]): slot j's
-  keys gathered by senders[:, j] and its logits, the row max over the filled slots, then
-  the weights and the weighted sum of the gathered values. No scatter in the forward pass;
-  gradients by autodiff (the gathers' transposes scatter into k and v). Unrolled rather
-  than one [nodes, slots, ...] array: XLA:CPU reduces over a middle axis slowly, and a
-  slot-major [slots, nodes, ...] layout measured slower still (docs/graph.md)."""
+  A loop over the slots (`lax.scan`): slot j's keys gathered by senders[:, j] and its
+  logits; the softmax over the filled slots; a second loop sums the weighted values. No
+  scatter in the forward pass. The backward pass is written out (`_ell`, a
+  `jax.custom_vjp`; reverse mode only): it recomputes the logits, gathers again and
+  scatters one row per slot into the key and value gradients.
+
+  Two things make this fast on XLA:CPU (measured in docs/graph.md). Inside a loop body each
+  slot's indices are a buffer: unrolled, XLA fused the index arithmetic into every gather
+  and recomputed it for each of the row's d elements (an optimization barrier does not stop
+  that; XLA:CPU removes barriers before fusion), which made the backward pass 4x slower.
+  And every array is two-dimensional, [nodes * heads, d] (the tables [nodes, heads * d]):
+  elementwise loops and reductions over [nodes, 1, d], one head, ran about ten times
+  slower than over [nodes, d]."""
+  n, h, d = q.shape
+  dv = v.shape[-1]
   valid = senders >= 0
-  idx = jnp.where(valid, senders, 0)
-  qf, kf, vf = (a.astype(jnp.float32) for a in (q, k, v))
-  take = lambda a, j: a.at[idx[:, j]].get(mode="promise_in_bounds")
-  logits = [jnp.where(valid[:, j, None], _logit(qf, take(kf, j), distance, scale), -jnp.inf)
-            for j in range(senders.shape[1])]
-  row_max = jnp.full(q.shape[:2], -jnp.inf, jnp.float32)
-  for lg in logits:
-    row_max = jnp.maximum(row_max, lg)
-  row_max = jax.lax.stop_gradient(jnp.where(jnp.isfinite(row_max), row_max, 0.0))
-  denom = jnp.zeros(q.shape[:2], jnp.float32)
-  out = jnp.zeros(v.shape, jnp.float32)
-  for j, lg in enumerate(logits):
-    w = jnp.exp(lg - row_max)                                        # 0 in padding slots
-    denom = denom + w
-    out = out + w[..., None] * take(vf, j)
-  return out / jnp.where(denom > 0, denom, 1.0)[..., None]
+  idx = jnp.where(valid, senders, 0).T                      # [slots, nodes]
+  mask = jnp.repeat(valid.T, h, axis=1)                     # [slots, nodes * heads]
+  f32 = jnp.float32
+  out = _ell(q.astype(f32).reshape(n * h, d), k.astype(f32).reshape(n, h * d),
+             v.astype(f32).reshape(n, h * dv), idx, mask, h, distance, scale)
+  return out.reshape(n, h, dv)
+
+
+def _rows(table, i, rows: int):
+  """table[i] as [rows, width]: rows of [nodes, heads * w] split into [nodes * heads, w]."""
+  return table.at[i].get(mode="promise_in_bounds").reshape(rows, -1)
+
+
+def _ell_weights(q, kt, idx, mask, distance: bool, scale: float):
+  """The softmax weights [slots, nodes * heads] over each row's filled slots (all zero in a
+  row with none)."""
+  def logits(_, slot):
+    i, m = slot
+    return None, jnp.where(m, _logit(q, _rows(kt, i, q.shape[0]), distance, scale), -jnp.inf)
+  _, lg = jax.lax.scan(logits, None, (idx, mask))
+  row_max = jnp.max(lg, axis=0, initial=-jnp.inf)
+  w = jnp.exp(lg - jnp.where(jnp.isfinite(row_max), row_max, 0.0))  # 0 in padding slots
+  denom = jnp.sum(w, axis=0)
+  return w / jnp.where(denom > 0, denom, 1.0)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7))
+def _ell(q, kt, vt, idx, mask, heads: int, distance: bool, scale: float):
+  """q [nodes * heads, d], kt [nodes, heads * d], vt [nodes, heads * dv]; idx int [slots,
+  nodes] (padding slots point at node 0), mask bool [slots, nodes * heads]."""
+  return _ell_fwd(q, kt, vt, idx, mask, heads, distance, scale)[0]
+
+
+def _ell_fwd(q, kt, vt, idx, mask, heads, distance, scale):
+  rows = q.shape[0]
+
+  def weighted_sum(out, slot):
+    i, w = slot
+    return out + w[:, None] * _rows(vt, i, rows), None
+
+  weights = _ell_weights(q, kt, idx, mask, distance, scale)
+  out, _ = jax.lax.scan(weighted_sum, jnp.zeros((rows, vt.shape[1] // heads), jnp.float32),
+                        (idx, weights))
+  return out, (q, kt, vt, idx, mask, out)
+
+
+def _ell_bwd(heads, distance, scale, residuals, g):
+  """With p the weights and dl = p (g . v_s - g . out) the gradient of each logit:
+  dot logits scale q . k: dq = scale sum dl k_s, dk_s += scale dl q;
+  distance logits -scale ||q - k||^2: dq = 2 scale (sum dl k_s - q sum dl),
+  dk_s += 2 scale dl (q - k_s); dv_s += p g (each sum over a row's slots, each += a
+  scatter into the senders)."""
+  q, kt, vt, idx, mask, out = residuals
+  nodes, rows = kt.shape[0], q.shape[0]
+  g_out = jnp.sum(g * out, axis=-1)
+
+  def slot_grads(acc, slot):
+    dq, dk, dv, dl_sum, dl_to = acc
+    i, w = slot
+    add = lambda a, x: a.at[i].add(x.reshape(nodes, -1), mode="promise_in_bounds")
+    dl = w * (jnp.sum(g * _rows(vt, i, rows), axis=-1) - g_out)
+    dq = dq + dl[:, None] * _rows(kt, i, rows)
+    dk, dv = add(dk, dl[:, None] * q), add(dv, w[:, None] * g)
+    if distance:
+      dl_sum, dl_to = dl_sum + dl, add(dl_to, dl)
+    return (dq, dk, dv, dl_sum, dl_to), None
+
+  zeros = (jnp.zeros_like(q), jnp.zeros_like(kt), jnp.zeros_like(vt),
+           jnp.zeros(rows, jnp.float32), jnp.zeros((nodes, heads), jnp.float32))
+  weights = _ell_weights(q, kt, idx, mask, distance, scale)
+  (dq, dk, dv, dl_sum, dl_to), _ = jax.lax.scan(slot_grads, zeros, (idx, weights))
+  if distance:
+    dq = 2 * scale * (dq - dl_sum[:, None] * q)
+    dk = 2 * scale * (dk - (kt.reshape(nodes, heads, -1) * dl_to[..., None]).reshape(kt.shape))
+  else:
+    dq, dk = scale * dq, scale * dk
+  return dq, dk, dv, None, None
+
+
+_ell.defvjp(_ell_fwd, _ell_bwd)
 
 
 def _sort_dedupe(receivers: Array, senders: Array, nodes: int):
@@ -248,15 +323,20 @@ def segment_attention(q: Array, k: Array, v: Array, receivers: Array, senders: A
   else:
     receivers, senders, keep = _sort_dedupe(receivers, senders, nodes)
   senders = jnp.where(keep, senders, 0)
+  (_, h, d), dv, edges = q.shape, v.shape[-1], receivers.shape[0]
   seg = lambda x, op: op(x, receivers, num_segments=nodes, indices_are_sorted=True)
-  gather = lambda a, i: a.astype(jnp.float32).at[i].get(mode="fill", fill_value=0)
-  qe, ke = gather(q, receivers), gather(k, senders)                 # [edges, heads, d]
-  logits = jnp.where(keep[:, None], _logit(qe, ke, distance, scale), -jnp.inf)
+  # Rows [edges * heads, d] rather than [edges, heads, d]: see ell_attention on XLA:CPU.
+  gather = lambda a, i, w: (a.astype(jnp.float32).reshape(nodes, h * w)
+                            .at[i].get(mode="fill", fill_value=0).reshape(edges * h, w))
+  qe, ke = gather(q, receivers, d), gather(k, senders, d)           # [edges * heads, d]
+  logits = jnp.where(jnp.repeat(keep, h), _logit(qe, ke, distance, scale), -jnp.inf)
+  logits = logits.reshape(edges, h)
   row_max = seg(logits, jax.ops.segment_max)                        # [nodes, heads]
   row_max = jax.lax.stop_gradient(jnp.where(jnp.isfinite(row_max), row_max, 0.0))
-  weights = jnp.exp(logits - gather(row_max, receivers))            # [edges, heads]
-  denom = seg(weights, jax.ops.segment_sum)
-  out = seg(weights[..., None] * gather(v, senders), jax.ops.segment_sum)
+  weights = jnp.exp(logits - gather(row_max, receivers, 1).reshape(edges, h))
+  denom = seg(weights, jax.ops.segment_sum)                         # [nodes, heads]
+  values = weights.reshape(edges * h, 1) * gather(v, senders, dv)   # [edges * heads, dv]
+  out = seg(values.reshape(edges, h * dv), jax.ops.segment_sum).reshape(nodes, h, dv)
   return out / jnp.where(denom > 0, denom, 1.0)[..., None]
 
 
