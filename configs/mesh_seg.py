@@ -27,7 +27,9 @@ Choices the paper leaves open (the same for all three kinds):
     distance from the vertical axis carry the part).
   - IPN width 64, depth 2, one head; blocks H_new = S H_old with no value/output projection,
     residual or layer norm; each vertex attends to its mesh neighbours and itself (the sparse
-    graph kernel, metricattn.attention.graph_attention).
+    graph kernel, metricattn.attention.graph_attention), the graph given as neighbour lists
+    (`data.graph_form="ell"`; "segment", a sorted edge list, is what runs made before
+    2026-12-02 used: the same attention, rounded differently).
   - Logit scale 1/sqrt(d_Q) (`model.scale=1.0` is the paper's Algorithm 1).
   - 2 meshes per step (one graph), 1,000 steps (about 5 epochs).
 """
@@ -48,7 +50,7 @@ def get_config(arg=None):
   c.seed = 0
   c.task = "classification"
   c.data = dict(name="mesh_seg", source=arg.source, features=arg.features, seed=0,
-                num_train=380, num_test=20, data_dir="", batch_size=2)
+                num_train=380, num_test=20, data_dir="", batch_size=2, graph_form="ell")
   c.model = common.ipn(arg.attention, width=64, depth=arg.depth, qk_dim=64, d_mlp=64)
   c.optimizer = common.adam(lr=1e-3, weight_decay=1e-4)
   c.train = dict(steps=arg.steps, log_every=50, eval_every=200, checkpoint_every=500,

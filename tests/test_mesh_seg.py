@@ -24,7 +24,16 @@ def data():
   return get_dataset(load_config("configs/mesh_seg.py", "attention=metric", **TINY))
 
 
-def test_batches_are_padded_disjoint_graphs(data):
+@pytest.fixture(scope="module")
+def edge_data():
+  """The same data with the graph as a sorted edge list (the form of runs made before
+  neighbour lists)."""
+  return get_dataset(load_config("configs/mesh_seg.py", "attention=metric",
+                                 data__graph_form="segment", **TINY))
+
+
+def test_batches_are_padded_disjoint_graphs(edge_data):
+  data = edge_data
   b = data.train_batch(0)
   nodes = b["x"].shape[0]
   assert nodes == 2 * data.max_verts + 1 and b["faces"].shape == (2 * data.max_faces, 3)
@@ -47,6 +56,27 @@ def test_batches_are_padded_disjoint_graphs(data):
   test = list(data.eval_batches("test"))
   assert len(test) == 1 and test[0]["weight"].sum() == sum(len(f) for f in
                                                            data.splits["test"].faces)
+
+
+def test_neighbour_list_batches_hold_the_edge_lists_rows(data, edge_data):
+  """The default batches: neighbour lists [nodes, the data set's max degree], the rows of
+  the same batch's edge list (attention's neighbour_lists of it); an edge-list config
+  without data.graph_form (saved by a run before it existed) keeps the edge list."""
+  assert not data.info["sorted_edges"] and edge_data.info["sorted_edges"]
+  for step in (0, 1):
+    b, e = data.train_batch(step), edge_data.train_batch(step)
+    nodes = b["x"].shape[0]
+    assert b["senders"].shape == (nodes, data.max_degree) and b["senders"].dtype == np.int32
+    want = neighbour_lists(e["receivers"], e["senders"], nodes, data.max_degree)
+    np.testing.assert_array_equal(b["receivers"], want[0])
+    np.testing.assert_array_equal(b["senders"], want[1])
+    assert list(b["senders"][nodes - 1]) == [nodes - 1] + [-1] * (data.max_degree - 1)
+    assert all(np.array_equal(b[k], e[k]) for k in ("x", "faces", "y", "weight"))
+  config = load_config("configs/mesh_seg.py", "attention=metric", **TINY)
+  del config.data["graph_form"]
+  assert get_dataset(config).train_batch(0)["senders"].ndim == 1
+  with pytest.raises(UserError, match="unknown data.graph_form 'csr'; allowed: ell, segment"):
+    get_dataset(load_config("configs/mesh_seg.py", data__graph_form="csr", **TINY))
 
 
 @pytest.mark.parametrize("kind", ["softmax", "l2", "metric"])

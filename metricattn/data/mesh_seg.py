@@ -8,15 +8,24 @@ seed, cached on first use; offline) or `maron` (the real set in DiffusionNet's l
 
 Batch layout (one compiled shape for every batch, train and test): the `batch_size` meshes
 of a batch are one disjoint graph, padded to the largest meshes of the data set; node
-`nodes - 1` is a padding node that only attends to itself.
-  x          float32 [nodes, features]   vertex features (0 for padding)
-  receivers  int32 [edges]                node receivers[e] attends to node senders[e]:
-  senders    int32 [edges]                each vertex's distinct mesh neighbours and itself,
-                                          sorted by (receiver, sender), then padding edges
+`nodes - 1` is a padding node that only attends to itself. The graph is each vertex's
+distinct mesh neighbours and itself, in the form `config.data.graph_form` names (the two
+forms of metricattn/attention/graph.py; both give the same attention):
+  "ell" (neighbour lists, the default: the faster kernel, docs/graph.md)
+  receivers  int32 [nodes, max_degree]    row v: v in its filled slots, then -1
+  senders    int32 [nodes, max_degree]    row v: v's senders ascending, then -1 (max_degree:
+                                          the largest of the data set, self included)
+  "segment" (a sorted edge list; what runs made before neighbour lists used)
+  receivers  int32 [edges]                node receivers[e] attends to node senders[e],
+  senders    int32 [edges]                sorted by (receiver, sender), then padding edges
                                           (-1, -1) up to the batch's fixed length
+and in both:
+  x          float32 [nodes, features]   vertex features (0 for padding)
   faces      int32 [faces, 3]             vertex ids of each face (padding: the padding node)
   y          int32 [faces]                part label of each face
   weight     float32 [faces]              1 for real faces, 0 for padding
+A config without `data.graph_form` (a run made before it existed) gets "segment", so that it
+resumes and evaluates as it ran.
 """
 
 from __future__ import annotations
@@ -29,6 +38,7 @@ from metricattn.data.sampling import batch_indices
 from metricattn.errors import UserError
 
 SOURCES = ("procedural", "maron")
+GRAPH_FORMS = ("ell", "segment")
 
 
 def load(config, split: str) -> MeshSet:
@@ -53,6 +63,17 @@ def self_and_neighbours(receivers, senders, num_verts: int) -> tuple[np.ndarray,
   return (key // num_verts).astype(np.int32), (key % num_verts).astype(np.int32)
 
 
+def neighbour_rows(receivers, senders, num_verts: int, width: int) -> np.ndarray:
+  """int32 [num_verts, width]: row v holds v's senders in the order of the edges (sorted by
+  receiver, then sender, as `self_and_neighbours` gives them), then -1: the "ell" form's
+  neighbour lists (tests/test_mesh_seg.py)."""
+  degree = np.bincount(receivers, minlength=num_verts)
+  slot = np.arange(len(receivers)) - np.repeat(np.cumsum(degree) - degree, degree)
+  rows = np.full((num_verts, width), -1, np.int32)
+  rows[receivers, slot] = senders
+  return rows
+
+
 class MeshSegData:
   """Per-face classification of meshes; batches are padded disjoint unions of meshes."""
 
@@ -68,13 +89,20 @@ class MeshSegData:
                          zip(s.receivers, s.senders, s.features)]
                   for name, s in self.splits.items()}
     self.max_edges = max(len(r) for edges in self.edges.values() for r, _ in edges)
+    self.graph_form = config.data.get("graph_form", "segment")
+    if self.graph_form not in GRAPH_FORMS:
+      raise UserError(f"unknown data.graph_form {self.graph_form!r}; allowed: "
+                      f"{', '.join(GRAPH_FORMS)}")
+    self.max_degree = max(int(np.bincount(r).max()) for edges in self.edges.values()
+                          for r, _ in edges)
     num_train = len(self.splits["train"].faces)
     if not 0 < self.batch_size <= num_train:
       raise UserError(f"data.batch_size {self.batch_size} must be in 1..{num_train} (the "
                       "training meshes)")
     self.info = {"num_classes": meshes.NUM_CLASSES,
                  "input_shape": (every[0][0].shape[1],), "graph": True,
-                 "sorted_edges": True}  # batch(): each mesh's edges sorted, meshes in order
+                 # batch(): each mesh's edges sorted, meshes in order
+                 "sorted_edges": self.graph_form == "segment"}
 
   def batch(self, split: str, ids) -> dict:
     """The meshes `ids` of `split` as one padded graph (see the module docstring)."""
@@ -99,8 +127,11 @@ class MeshSegData:
       weight[f0:f0 + nf] = 1.0
       v0, e0, f0 = v0 + nv, e0 + len(r), f0 + nf
     receivers[e0], senders[e0] = pad, pad  # after every mesh's edges: the order stays sorted
-    return {"x": x, "receivers": receivers, "senders": senders, "faces": faces, "y": y,
-            "weight": weight}
+    if self.graph_form == "ell":
+      senders = neighbour_rows(receivers[:e0 + 1], senders[:e0 + 1], nodes, self.max_degree)
+      receivers = np.where(senders >= 0, np.arange(nodes, dtype=np.int32)[:, None], -1)
+    return {"x": x, "receivers": receivers.astype(np.int32), "senders": senders,
+            "faces": faces, "y": y, "weight": weight}
 
   def train_batch(self, step: int) -> dict:
     n = len(self.splits["train"].faces)
