@@ -4,7 +4,7 @@ and the graph kernels against PyTorch Geometric (`--vs-pyg`).
   python scripts/bench_graph.py [--rows 250 --cols 400] [--heads 4] [--self-loops] [--ipn]
       [--implementation auto|ell|segment|before]
   python scripts/bench_graph.py --vs-pyg /work/pygvenv/bin/python [--sizes 10000,100000]
-      [--graphs torus,delaunay,knn] [--rounds 2] [--logits l2]
+      [--graphs torus,delaunay,knn] [--rounds 2] [--logits l2] [--forms]
 
 The graph is a triangulated torus grid (rows x cols vertices, each with 6 neighbours, edges
 in both directions: 6 N directed edges; 100,000 nodes and 600,000 edges by default). The
@@ -32,7 +32,9 @@ machine torch's OpenMP threads wait much longer with 2 than with 1), each in its
 subprocess, alternating which goes first; every subprocess reports its median time over
 --reps and its peak RSS. Prints one JSON line per subprocess, then a table with the ratio
 PyG time (the faster of its two thread counts) / our time (> 1: ours faster) per round,
-and the largest difference between the two outputs.
+and the largest difference between the two outputs. --forms also runs both of our forms
+(neighbour lists and sorted segments, whichever `auto` chose) and prints their
+forward+backward side by side: what `choose_implementation`'s threshold rests on.
 """
 
 from __future__ import annotations
@@ -139,6 +141,8 @@ def main():
   p.add_argument("--graphs", default="torus,delaunay,knn")
   p.add_argument("--rounds", type=int, default=2)
   p.add_argument("--logits", choices=("l2", "dot"), default="l2")
+  p.add_argument("--forms", action="store_true",
+                 help="--vs-pyg: also time both forms, ell and segment, on every graph")
   p.add_argument("--one", default=None, help=argparse.SUPPRESS)  # a subprocess of --vs-pyg
   a = p.parse_args()
   if a.one:
@@ -257,7 +261,7 @@ def vs_pyg(a) -> None:
           pyg = [a.vs_pyg, str(peer), path, "--reps", str(a.reps), "--logits", a.logits,
                  "--save-out", path + ".pyg.npy"]
           cmds = {"pyg": pyg, "pyg1": pyg + ["--threads", "1"]}
-          for impl in ("auto", "before"):
+          for impl in ("auto", "before") + (("ell", "segment") if a.forms else ()):
             cmds[impl] = ours + ["--implementation", impl]
           order = list(cmds) if rnd % 2 else list(cmds)[::-1]
           res = {}
@@ -287,6 +291,14 @@ def vs_pyg(a) -> None:
           f"{b['forward_backward_s'] * 1e3:.1f} | "
           f"{b['forward_backward_s'] / o['forward_backward_s']:.2f} | "
           f"{p['peak_rss_mb']:.0f} / {o['peak_rss_mb']:.0f} | {diff:.1e} | {load:.1f} |")
+  if a.forms:
+    print("\n| graph | nodes | max / mean degree | round | ell fwd+bwd ms | segment fwd+bwd ms "
+          "| segment / ell |")
+    print("|" + "---|" * 7)
+    for kind, n, e, dmax, dmean, rnd, res, diff, load in rows:
+      ell, seg = (res[f]["forward_backward_s"] for f in ("ell", "segment"))
+      print(f"| {kind} | {n:,} | {dmax} / {dmean:.1f} | {rnd} | {ell * 1e3:.1f} | "
+            f"{seg * 1e3:.1f} | {seg / ell:.2f} |")
 
 
 if __name__ == "__main__":
