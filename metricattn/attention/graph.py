@@ -206,13 +206,12 @@ def ell_attention(q: Array, k: Array, v: Array, senders: Array, *, distance: boo
   `jax.custom_vjp`; reverse mode only): it recomputes the logits, gathers again and
   scatters one row per slot into the key and value gradients.
 
-  Two things make this fast on XLA:CPU (measured in docs/graph.md). Inside a loop body each
-  slot's indices are a buffer: unrolled, XLA fused the index arithmetic into every gather
-  and recomputed it for each of the row's d elements (an optimization barrier does not stop
-  that; XLA:CPU removes barriers before fusion), which made the backward pass 4x slower.
-  And every array is two-dimensional, [nodes * heads, d] (the tables [nodes, heads * d]):
-  elementwise loops and reductions over [nodes, 1, d], one head, ran about ten times
-  slower than over [nodes, d]."""
+  Two things make this fast on XLA:CPU (scripts/bench_xla_shapes.py, docs/graph.md). Inside
+  a loop body each slot's indices are a buffer: unrolled, XLA fused the index arithmetic
+  into every gather and recomputed it for each of the row's d elements (an optimization
+  barrier does not stop that; XLA:CPU removes barriers before fusion). And every array is
+  two-dimensional, [nodes * heads, d] (the tables [nodes, heads * d]): a reduction over the
+  last axis of [nodes, 1, d], one head, ran 11-34x slower than over [nodes, d]."""
   n, h, d = q.shape
   dv = v.shape[-1]
   valid = senders >= 0
