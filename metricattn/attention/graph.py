@@ -144,10 +144,12 @@ def choose_implementation(receivers, senders, num_nodes: int) -> str:
   """The form for a graph: "ell" for a graph whose largest in-degree is at most ELL_MAX_PADDING times its mean
   in-degree (over nodes with an edge) and at most ELL_MAX_DEGREE, else "segment".
 
-  On the 2-core CPU (docs/graph.md) the neighbour-list kernel's forward+backward was 1.9x
-  the sorted segments' on a Delaunay mesh of 10,000 nodes padded 2.4x (17 slots for a mean
-  degree of 7) and 1.15x at 100,000 nodes padded 2.6x, and 6x on a full torus grid: every
-  padded slot costs what an edge costs, so past about 2.5x padding the segments win."""
+  On the 2-core CPU (docs/graph.md, `scripts/bench_graph.py --vs-pyg ... --forms`) the
+  neighbour-list kernel's forward+backward was 1.6-6.2x faster than the sorted segments' on
+  full rows (torus, k-NN), 2.7x on Delaunay meshes of 10,000 nodes padded 2.4x (17 slots
+  for a mean degree of 7) and 1.16-1.25x at 100,000 nodes padded 2.6x: every padded slot
+  costs what an edge costs, so the advantage shrinks with the padding; the threshold stays
+  below what was measured."""
   deg = degrees(receivers, senders, num_nodes)
   deg = deg[deg > 0]
   if not deg.size:
