@@ -75,14 +75,20 @@ def groups_of(root: Path, seed: int) -> dict[str, Path]:
 def predict(workdir: Path, num_meshes: int) -> tuple[object, list[np.ndarray]]:
   """(the run's data, predicted face labels of its first `num_meshes` test meshes, one array
   per mesh)."""
+  import jax
   from flax import nnx
   from metricattn.restore import restore
   _, data, _, graphdef, params, _ = restore(workdir)
-  model = nnx.merge(graphdef, params)
+
+  @jax.jit  # every batch has one shape: compiled once (eagerly, op by op, it took ~4 s a run)
+  def logits_of(params, b):
+    model = nnx.merge(graphdef, params)
+    return model(b["x"], receivers=b["receivers"], senders=b["senders"], faces=b["faces"])
+
   preds = []
   for i in range(min(num_meshes, len(data.splits["test"]))):
     b = data.batch("test", [i])
-    logits = model(b["x"], receivers=b["receivers"], senders=b["senders"], faces=b["faces"])
+    logits = logits_of(params, {k: b[k] for k in ("x", "receivers", "senders", "faces")})
     preds.append(np.asarray(logits).argmax(-1)[b["weight"] > 0])
   return data, preds
 
