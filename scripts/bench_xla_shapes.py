@@ -20,22 +20,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-
-def timed(fn, *args, reps: int) -> float:
-  jax.block_until_ready(fn(*args))
-  times = []
-  for _ in range(reps):
-    t = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - t)
-  return statistics.median(times)
+from bench_graph import timed  # this script's folder is on sys.path when it runs
 
 
 def gather_unrolled(t, nbr, q):
@@ -72,13 +63,13 @@ def main():
   elementwise = jax.jit(lambda x, y: x - 2 * y)
   reduction = jax.jit(lambda x, y: jnp.sum(x * y, axis=-1))
   for name, fn in (("elementwise x - 2y", elementwise), ("reduction sum(x * y, -1)", reduction)):
-    unit = timed(fn, jnp.asarray(x[:, None]), jnp.asarray(y[:, None]), reps=a.reps)
-    flat = timed(fn, jnp.asarray(x), jnp.asarray(y), reps=a.reps)
+    unit = timed(fn, (jnp.asarray(x[:, None]), jnp.asarray(y[:, None])), a.reps)
+    flat = timed(fn, (jnp.asarray(x), jnp.asarray(y)), a.reps)
     results.append((f"{name}: [n, 1, d] / [n, d]", unit, flat))
   nbr = rng.integers(-1, a.n, (a.n, a.slots)).astype(np.int32)
   args = (jnp.asarray(x), jnp.asarray(nbr), jnp.asarray(y))
-  unrolled = timed(jax.jit(gather_unrolled), *args, reps=a.reps)
-  scanned = timed(jax.jit(gather_scan), *args, reps=a.reps)
+  unrolled = timed(jax.jit(gather_unrolled), args, a.reps)
+  scanned = timed(jax.jit(gather_scan), args, a.reps)
   results.append((f"{a.slots} slot gathers, each used twice: unrolled / scan", unrolled,
                   scanned))
   cpu = (time.process_time() - cpu0) / (time.perf_counter() - wall0)

@@ -213,7 +213,7 @@ def ell_attention(q: Array, k: Array, v: Array, senders: Array, *, distance: boo
   into every gather and recomputed it for each of the row's d elements (an optimization
   barrier does not stop that; XLA:CPU removes barriers before fusion). And every array is
   two-dimensional, [nodes * heads, d] (the tables [nodes, heads * d]): a reduction over the
-  last axis of [nodes, 1, d], one head, ran 11-34x slower than over [nodes, d]."""
+  last axis of [nodes, 1, d], one head, ran 7-45x slower than over [nodes, d]."""
   n, h, d = q.shape
   dv = v.shape[-1]
   valid = senders >= 0
