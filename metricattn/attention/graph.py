@@ -13,8 +13,9 @@ Forms (`implementation=` of `graph_attention`; all give the dense kernels' value
              node n's distinct senders in ascending order, padded with -1 (receivers[n, j]
              is n in a filled slot, -1 in a padding slot): `neighbour_lists` builds them on
              the host in NumPy. The kernel gathers each slot's keys and values and takes the
-             softmax over the slots with a mask: no scatter in the forward pass. For graphs
-             of bounded degree (meshes, k-NN graphs, grids).
+             softmax over the slots with a mask: no scatter in the forward pass; gradients
+             in reverse mode only (a custom VJP). For graphs of bounded degree (meshes, k-NN
+             graphs, grids).
   "segment"  an edge list sorted by receiver: one logit per edge, segment max and sum with
              `indices_are_sorted=True`. For the rest (a few nodes of high degree would pad
              every row of a neighbour list to their degree). `sort_edges` sorts and
