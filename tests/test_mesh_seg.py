@@ -66,7 +66,8 @@ def test_neighbour_list_batches_hold_the_edge_lists_rows(data, edge_data):
   for step in (0, 1):
     b, e = data.train_batch(step), edge_data.train_batch(step)
     nodes = b["x"].shape[0]
-    assert b["senders"].shape == (nodes, data.max_degree) and b["senders"].dtype == np.int32
+    assert b["senders"].shape == (nodes, data.max_degree)
+    assert b["senders"].dtype == b["receivers"].dtype == np.int32
     want = neighbour_lists(e["receivers"], e["senders"], nodes, data.max_degree)
     np.testing.assert_array_equal(b["receivers"], want[0])
     np.testing.assert_array_equal(b["senders"], want[1])

@@ -206,8 +206,8 @@ def ell_attention(q: Array, k: Array, v: Array, senders: Array, *, distance: boo
   A loop over the slots (`lax.scan`): slot j's keys gathered by senders[:, j] and its
   logits; the softmax over the filled slots; a second loop sums the weighted values. No
   scatter in the forward pass. The backward pass is written out (`_ell`, a
-  `jax.custom_vjp`; reverse mode only): it recomputes the logits, gathers again and
-  scatters one row per slot into the key and value gradients.
+  `jax.custom_vjp`; reverse mode only): it keeps the weights [slots, nodes * heads], gathers
+  the keys and values again and scatters one row per slot into their gradients.
 
   Two things make this fast on XLA:CPU (scripts/bench_xla_shapes.py, docs/graph.md). Inside
   a loop body each slot's indices are a buffer: unrolled, XLA fused the index arithmetic
@@ -261,7 +261,7 @@ def _ell_fwd(q, kt, vt, idx, mask, heads, distance, scale):
   weights = _ell_weights(q, kt, idx, mask, distance, scale)
   out, _ = jax.lax.scan(weighted_sum, jnp.zeros((rows, vt.shape[1] // heads), jnp.float32),
                         (idx, weights))
-  return out, (q, kt, vt, idx, mask, out)
+  return out, (q, kt, vt, idx, weights, out)
 
 
 def _ell_bwd(heads, distance, scale, residuals, g):
@@ -270,7 +270,7 @@ def _ell_bwd(heads, distance, scale, residuals, g):
   distance logits -scale ||q - k||^2: dq = 2 scale (sum dl k_s - q sum dl),
   dk_s += 2 scale dl (q - k_s); dv_s += p g (each sum over a row's slots, each += a
   scatter into the senders)."""
-  q, kt, vt, idx, mask, out = residuals
+  q, kt, vt, idx, weights, out = residuals
   nodes, rows = kt.shape[0], q.shape[0]
   g_out = jnp.sum(g * out, axis=-1)
 
@@ -287,7 +287,6 @@ def _ell_bwd(heads, distance, scale, residuals, g):
 
   zeros = (jnp.zeros_like(q), jnp.zeros_like(kt), jnp.zeros_like(vt),
            jnp.zeros(rows, jnp.float32), jnp.zeros((nodes, heads), jnp.float32))
-  weights = _ell_weights(q, kt, idx, mask, distance, scale)
   (dq, dk, dv, dl_sum, dl_to), _ = jax.lax.scan(slot_grads, zeros, (idx, weights))
   if distance:
     dq = 2 * scale * (dq - dl_sum[:, None] * q)

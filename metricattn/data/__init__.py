@@ -20,8 +20,8 @@ attend to which).
 
 Mesh segmentation batches hold a padded graph of a few meshes: `x` [nodes, features],
 `receivers`/`senders` (neighbour lists [nodes, max_degree], or with
-`data.graph_form="segment"` a sorted edge list [edges]), `faces` [faces, 3], per-face `y` and `weight` (see
-metricattn/data/mesh_seg.py).
+`data.graph_form="segment"` a sorted edge list [edges]), `faces` [faces, 3], per-face `y`
+and `weight` (see metricattn/data/mesh_seg.py).
 
 Translation batches hold int32 `src`, `tgt_in`, `tgt_out` (see metricattn/data/translation.py).
 

@@ -129,9 +129,10 @@ class MeshSegData:
     receivers[e0], senders[e0] = pad, pad  # after every mesh's edges: the order stays sorted
     if self.graph_form == "ell":
       senders = neighbour_rows(receivers[:e0 + 1], senders[:e0 + 1], nodes, self.max_degree)
-      receivers = np.where(senders >= 0, np.arange(nodes, dtype=np.int32)[:, None], -1)
-    return {"x": x, "receivers": receivers.astype(np.int32), "senders": senders,
-            "faces": faces, "y": y, "weight": weight}
+      receivers = np.where(senders >= 0, np.arange(nodes, dtype=np.int32)[:, None],
+                           np.int32(-1))
+    return {"x": x, "receivers": receivers, "senders": senders, "faces": faces, "y": y,
+            "weight": weight}
 
   def train_batch(self, step: int) -> dict:
     n = len(self.splits["train"].faces)

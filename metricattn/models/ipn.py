@@ -20,7 +20,8 @@ the logits to float32). The graph-masked path takes no `implementation` (it refu
 its kernel follows the graph's form (metricattn/attention/graph.py): neighbour lists
 [n, max_degree] run the "ell" kernel, an edge list [edges] the sorted-segment one. A data
 set whose edge lists are sorted and distinct already (the mesh data's with
-`data.graph_form="segment"`, built on the host) says so with `info["sorted_edges"]`, and the kernel does not sort them again each step.
+`data.graph_form="segment"`, built on the host) says so with `info["sorted_edges"]`, and the
+kernel does not sort them again each step.
 """
 
 from __future__ import annotations
