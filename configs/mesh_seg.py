@@ -32,6 +32,10 @@ Choices the paper leaves open (the same for all three kinds):
     2026-12-02 used: the same attention, rounded differently).
   - Logit scale 1/sqrt(d_Q) (`model.scale=1.0` is the paper's Algorithm 1).
   - 2 meshes per step (one graph), 1,000 steps (about 5 epochs).
+  - Seeds trained in one program (the experiments' `--vmap-seeds`) run as one unbatched copy
+    of the step per seed (`train.stacked_seeds="unroll"`, metricattn/feeder.py): on XLA:CPU
+    that is faster than vmap for the graph kernels (docs/graph.md). Runs made before
+    2026-12-02 vmapped them (configs without the key still do).
 """
 
 from pathlib import Path
@@ -54,6 +58,6 @@ def get_config(arg=None):
   c.model = common.ipn(arg.attention, width=64, depth=arg.depth, qk_dim=64, d_mlp=64)
   c.optimizer = common.adam(lr=1e-3, weight_decay=1e-4)
   c.train = dict(steps=arg.steps, log_every=50, eval_every=200, checkpoint_every=500,
-                 keep_checkpoints=2)
+                 keep_checkpoints=2, stacked_seeds="unroll")
   c.wandb = dict(mode="disabled", project="metricattn")
   return c

@@ -4,8 +4,8 @@ Datasets whose batch is `train_indices(step)` of fixed arrays keep those arrays 
 device; each step then gets a block of batch indices, INDEX_BLOCK steps sent in one
 transfer. Other datasets (augmentation, tokens, arrays over 1 GiB) make each batch on the
 host, sharded over the devices; their shape may change from step to step (translation's
-length buckets: the trainer compiles one program per shape). With vmapped seeds (`stacked`)
-every argument has a leading seed axis.
+length buckets: the trainer compiles one program per shape). With stacked seeds (`stacked`)
+every argument has a leading seed axis, and the step maps over it (`over_seeds`).
 
 With several processes (`metricattn.multihost`) the arrays are global: every process makes
 the same index blocks, and each places only its own devices' parts. A run's host batches
@@ -23,9 +23,36 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from metricattn import multihost
+from metricattn.errors import UserError
 
 INDEX_BLOCK = 64  # steps whose batch indices go to the device in one transfer
 RESIDENT_MAX_BYTES = 1 << 30
+# How stacked seeds share one program (`config.train.stacked_seeds`; "vmap" for configs
+# without the field): "vmap" batches every operation over the seed axis; "unroll" traces
+# one copy of the step per seed and stacks the results, so that XLA compiles each seed's
+# operations unbatched and runs the copies side by side on the cores. Batched gathers,
+# scatters and small matmuls are slow on XLA:CPU, so "unroll" is faster for the graph IPN
+# (configs/mesh_seg.py; docs/graph.md); it compiles longer, and each seed computes what a
+# run of its own computes.
+STACKED_SEEDS = ("vmap", "unroll")
+
+
+def over_seeds(fn, in_axes: tuple, how: str = "vmap"):
+  """`fn` mapped over the leading seed axis of its arguments whose `in_axes` entry is 0
+  (None: shared by every seed), `how` one of STACKED_SEEDS."""
+  if how == "vmap":
+    return jax.vmap(fn, in_axes=in_axes)
+  if how != "unroll":
+    raise UserError(f"unknown train.stacked_seeds {how!r}; allowed: {', '.join(STACKED_SEEDS)}")
+
+  def unrolled(*args):
+    seeds = jax.tree.leaves(next(a for a, ax in zip(args, in_axes) if ax == 0))[0].shape[0]
+    pick = lambda i: [a if ax is None else jax.tree.map(lambda x: x[i], a)
+                      for a, ax in zip(args, in_axes)]
+    outs = [fn(*pick(i)) for i in range(seeds)]
+    return jax.tree.map(lambda *xs: jax.numpy.stack(xs), *outs)
+
+  return unrolled
 
 
 def stack_trees(trees):
@@ -110,16 +137,17 @@ class Feeder:
         and "rows" in inspect.signature(datas[0].train_batch).parameters):
       self.rows = process_rows(self.batch_sharding, datas[0].batch_size)
 
-  def step_fn(self, step_fn):
+  def step_fn(self, step_fn, stacked_seeds: str = "vmap"):
     """`step_fn` (params, opt_state, batch, step, key, lr_scale) taking this feeder's data
-    arguments in place of `batch`, vmapped over the seeds when stacked."""
+    arguments in place of `batch`, mapped over the seeds when stacked (`over_seeds`, `how`
+    `stacked_seeds`)."""
     if self.arrays is not None:
       step_fn = gathering(step_fn)
       if self.stacked:
-        step_fn = jax.vmap(step_fn,
-                           in_axes=(0, 0, 0 if self.per_seed else None, 0, None, 0, None))
+        step_fn = over_seeds(step_fn, (0, 0, 0 if self.per_seed else None, 0, None, 0, None),
+                             stacked_seeds)
     elif self.stacked:
-      step_fn = jax.vmap(step_fn, in_axes=(0, 0, 0, None, 0, None))
+      step_fn = over_seeds(step_fn, (0, 0, 0, None, 0, None), stacked_seeds)
     return step_fn
 
   def __call__(self, step: int) -> tuple:

@@ -409,7 +409,9 @@ def _train_locked(configs, workdirs: list[Path], ckpt_dir: Path, stacked: bool,
       f"{'resuming at step ' + str(start) if start else 'starting'}")
 
   feed = Feeder(datas, mesh, state_sharding, stacked, by_seed)
-  jitted = jax.jit(feed.step_fn(make_train_step(graphdef, task, tx)), donate_argnums=(0, 1))
+  jitted = jax.jit(feed.step_fn(make_train_step(graphdef, task, tx),
+                                config.train.get("stacked_seeds", "vmap")),
+                   donate_argnums=(0, 1))
   eval_step = make_eval_step(graphdef, task, stacked)
 
   # Compile ahead of time so that compile time is measured apart from step time (a shape

@@ -32,6 +32,11 @@ SEED_OR_DEFAULT = (lambda v: _int(v) and v >= -1, "an integer >= 0, or -1 for th
 OPTIONAL_POSITIVE = (lambda v: v is None or (_real(v) and v > 0), "None or a finite number > 0")
 COUNT_OR_ALL = (lambda v: _int(v) and v >= 0, "an integer >= 0 (0: all)")
 
+
+def one_of(*names: str) -> tuple:
+  return (lambda v: v in names, f"one of {', '.join(names)}")
+
+
 RULES = {
     "": {"seed": NON_NEGATIVE_INT},
     "data": {
@@ -60,7 +65,8 @@ RULES = {
     "optimizer.plateau": {"factor": FACTOR, "patience": NON_NEGATIVE_INT,
                           "start_step": NON_NEGATIVE_INT},
     "train": {"steps": POSITIVE_INT, "log_every": POSITIVE_INT, "eval_every": POSITIVE_INT,
-              "checkpoint_every": POSITIVE_INT, "keep_checkpoints": POSITIVE_INT},
+              "checkpoint_every": POSITIVE_INT, "keep_checkpoints": POSITIVE_INT,
+              "stacked_seeds": one_of("vmap", "unroll")},  # feeder.STACKED_SEEDS
     "eval": {"batch_size": POSITIVE_INT, "beam_size": POSITIVE_INT,
              "max_decode_len": NON_NEGATIVE_INT, "length_penalty": NON_NEGATIVE,
              "context_size": POSITIVE_INT},

@@ -3,11 +3,12 @@
 import json
 
 import numpy as np
+import pytest
 
 from metricattn.sweep import main as sweep_main
 from metricattn.train import train_and_evaluate, train_seeds
 from metricattn.fileio import read_jsonl
-from tests.helpers import cli, tiny_moons
+from tests.helpers import cli, load_config, tiny_moons
 
 
 def train_losses(workdir):
@@ -27,6 +28,24 @@ def test_vmapped_seeds_equal_separate_runs(tmp_path):
     assert s["num_params"] == single["num_params"]
   # the seeds really differ (own data, init and batch order)
   assert len({round(s["train/loss"], 6) for s in stacked}) == 3
+
+
+def test_unrolled_seeds_equal_separate_runs(tmp_path):
+  """`train.stacked_seeds="unroll"` (the mesh IPN's): one unbatched copy of the step per seed
+  in one program computes what separate runs compute (bitwise here; the test allows 1e-6)."""
+  config = load_config("configs/mesh_seg.py", "attention=metric,steps=4",
+                       data__num_train=4, data__num_test=2, train__log_every=1,
+                       train__eval_every=4, train__checkpoint_every=4)
+  assert config.train.stacked_seeds == "unroll"
+  stacked = train_seeds(config, [0, 1], tmp_path / "unrolled")
+  for seed, s in zip([0, 1], stacked):
+    config.seed = seed
+    single = train_and_evaluate(config, tmp_path / f"single{seed}")
+    np.testing.assert_allclose(train_losses(tmp_path / "unrolled" / f"seed={seed}"),
+                               train_losses(tmp_path / f"single{seed}"), rtol=1e-6, atol=0)
+    assert s["test/accuracy"] == pytest.approx(single["test/accuracy"], abs=1e-9)
+    assert s["seeds_in_program"] == 2
+  assert stacked[0]["train/loss"] != stacked[1]["train/loss"]
 
 
 def test_vmapped_seeds_resume_and_sweep_skip(tmp_path):

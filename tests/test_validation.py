@@ -26,6 +26,7 @@ BAD = [
     ("optimizer.lr", float("inf"), "optimizer.lr must be a finite number > 0; got inf"),
     ("train.steps", 0, "train.steps must be a positive integer; got 0"),
     ("model.scale", -1.0, "model.scale must be None or a finite number > 0"),
+    ("train.stacked_seeds", "pmap", "train.stacked_seeds must be one of vmap, unroll; got 'pmap'"),
 ]
 
 
@@ -52,6 +53,13 @@ def test_train_pairs_is_a_count_or_0_for_all(value):
   with pytest.raises(UserError, match=r"^data\.train_pairs must be an integer >= 0 \(0: all\); "
                      f"got {value!r}$"):
     check_values(ml_collections.ConfigDict({"data": {"train_pairs": value}}))
+
+
+def test_stacked_seeds_rule_allows_what_the_feeder_does():
+  import ml_collections
+  from metricattn.feeder import STACKED_SEEDS
+  for how in STACKED_SEEDS:
+    check_values(ml_collections.ConfigDict({"train": {"stacked_seeds": how}}))
 
 
 def test_every_registered_budget_passes():

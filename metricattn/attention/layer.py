@@ -365,14 +365,20 @@ class Attention(nnx.Module):
     projections and logits as __call__ with the adjacency as mask; `graph_implementation`
     is `graph_attention`'s `implementation` (None: neighbour lists run "ell", see
     attention/graph.py) and `presorted` its promise that an edge list is sorted and
-    distinct (so that it is not sorted again inside jit)."""
+    distinct (so that it is not sorted again inside jit). With one projection for queries and
+    keys (l2, metric) the keys are the queries, computed once (since 2026-12-02; before,
+    twice: the same values, gradients rounded differently)."""
     from metricattn.attention.graph import graph_attention
     if self.implementation is not None:
       raise UserError("graph-masked attention takes no dense-kernel implementation (its "
                       "kernels are in attention/graph.py, chosen by the graph's form); got "
                       f"implementation {self.implementation!r}: leave model.implementation "
                       "unset")
-    q, k, v = self.queries(x[None])[0], self.keys(x[None])[0], self.values(x[None])[0]
+    q = self.queries(x[None])[0]
+    # One projection (and g) for both sides: the keys are the queries, computed once, so
+    # that the backward pass runs through P and g once (with dq + dk), not twice.
+    k = q if self.shares_qk_projection else self.keys(x[None])[0]
+    v = self.values(x[None])[0]
     o = graph_attention(q, k, v, receivers, senders, distance=self.distance,
                         scale=self.scale, implementation=graph_implementation,
                         presorted=presorted)
