@@ -75,3 +75,17 @@ def test_missing_data_is_one_line(tmp_path, monkeypatch, capsys):
 def test_set_overrides_come_after_the_budget():
   config = baselines.experiment_config("mesh_seg", "test", overrides=("data.features=hks_short",))
   assert config.data.features == "hks_short" and config.data.num_train == 8  # the budget's
+
+
+def test_knn_search_is_timed_only_where_auto_takes_brute_force_and_both_agree():
+  import numpy as np
+  from sklearn.neighbors import KNeighborsClassifier
+  rng = np.random.default_rng(0)
+  x, q = rng.standard_normal((3000, 16)), rng.standard_normal((700, 16))
+  y = (x[:, 0] > 0).astype(int)
+  assert baselines.knn_search(x[:, :15], q[:, :15]) == "auto"
+  assert baselines.knn_search(np.hstack([x, x, x]), np.hstack([q, q, q])) == "auto"  # 48
+  assert baselines.knn_search(x, q) in ("brute", "kd_tree")
+  preds = [KNeighborsClassifier(baselines.KNN_K, algorithm=a).fit(x, y).predict(q)
+           for a in ("brute", "kd_tree")]
+  np.testing.assert_array_equal(*preds)

@@ -82,14 +82,19 @@ class IPN(nnx.Module):
     see attention/graph.py) the blocks attend along the graph's edges only (the paper's
     mesh segmentation); with `faces` int32 [faces, 3] the logits are per face, from
     the mean of its three vertices' features after the last block (the paper's fixed
-    aggregation)."""
+    aggregation), computed as the mean of their logits."""
     del train, rngs  # no dropout in the IPN
     graph = None if receivers is None else (receivers, senders)
     h = self.embed(x.reshape(x.shape[0], -1))[None]
     for block in self.blocks:
       h = block(h, mask, graph, self.sorted_edges)
-    h = h[0] if faces is None else h[0][faces].mean(axis=1)
-    return self.head(h)
+    if faces is None:
+      return self.head(h[0])
+    # The head is affine: the mean of a face's three vertex logits is the head of the mean
+    # of their features, with 8 numbers per vertex gathered instead of `width` (since
+    # 2026-12-02; before, the head of the mean feature: the same values, rounded differently).
+    z = self.head(h[0])
+    return (z[faces[:, 0]] + z[faces[:, 1]] + z[faces[:, 2]]) / 3
 
 
 def from_config(m, info: dict, rngs: nnx.Rngs) -> IPN:
