@@ -23,7 +23,7 @@ Side by side with the reference, alternating (the way the README's numbers were 
   python scripts/bench_transformer.py --shape c --rounds 3 \
       --reference-python /path/to/torch-venv/bin/python --reference-dir /path/to/export
 
-`--shape a|b|c` sets the issue's three shapes. Each round runs the reference's script, then
+`--shape a|b|c` sets the issue's three shapes, `--shape d` one between (a) and (c). Each round runs the reference's script, then
 ours, each in its own process (torch is never imported here); the table gives each round's
 times, the median ratio reference / ours, and the machine's load before each round.
 """
@@ -43,9 +43,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PEER_SCRIPT = ROOT.parent / "shared" / "bench" / "peer_transformer_bench.py"
 
-# The issue's shapes: batch, length (source and target), d_model, layers, heads, ffn, vocab.
+# The issue's shapes: batch, length (source and target), d_model, layers, heads, ffn, vocab;
+# and "d", ours, between (a) and (c): the same 4,096 tokens a batch as both, with every size
+# between theirs (issue #24).
 SHAPES = {"a": (128, 32, 512, 6, 8, 2048, 8000), "b": (32, 32, 128, 2, 4, 512, 2000),
-          "c": (32, 128, 256, 3, 4, 1024, 4000)}
+          "c": (32, 128, 256, 3, 4, 1024, 4000), "d": (64, 64, 384, 4, 6, 1536, 6000)}
 SHAPE_FLAGS = ("batch", "src_len", "d_model", "layers", "heads", "ffn", "src_vocab")
 INT_FLAGS = [("batch", 128), ("src-len", 32), ("tgt-len", 32), ("d-model", 512), ("heads", 8),
              ("layers", 6), ("ffn", 2048), ("src-vocab", 8000), ("tgt-vocab", 8000),
@@ -60,7 +62,7 @@ def parse_args() -> argparse.Namespace:
   p.add_argument("--attention", default="softmax", help="softmax | l2 | metric")
   p.add_argument("--dtype", default="float32", help="model.dtype: float32 | bfloat16")
   p.add_argument("--roof", action="store_true", help="also time plain matmuls (the roof)")
-  p.add_argument("--shape", choices=sorted(SHAPES), help="one of the issue's shapes")
+  p.add_argument("--shape", choices=sorted(SHAPES), help="a, b, c: the issue's shapes; d: between a and c")
   p.add_argument("--rounds", type=int, default=0, help="alternate with the reference")
   p.add_argument("--reference-python", help="python of a virtual environment with torch")
   p.add_argument("--reference-dir", help="an exported copy of hyunwoongko/transformer")
