@@ -108,8 +108,8 @@ def knn_search(x: np.ndarray, queries: np.ndarray) -> str:
   brute force although a k-d tree may be faster (16 to KD_TREE_MAX_FEATURES features), the
   faster of the two for the `queries` (the fit plus KNN_PROBE of them, scaled); else "auto".
   Both are exact (the same neighbours). On mesh_seg's 16 HKS features (200,000 rows, 57,000
-  queries) the tree took 2.7 s against brute force's 36 s, with identical predictions; on the
-  noisy HKS (`hks_noisy`) it was slower than brute force."""
+  queries) the kNN took 3.2-3.7 s with the tree against 15.9-17.2 s by brute force, with
+  identical predictions (docs/graph.md); on the noisy HKS (`hks_noisy`) brute force wins."""
   from sklearn.neighbors import NearestNeighbors
   if not 15 < x.shape[1] <= KD_TREE_MAX_FEATURES:
     return "auto"

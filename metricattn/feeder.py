@@ -33,7 +33,7 @@ RESIDENT_MAX_BYTES = 1 << 30
 # operations unbatched and runs the copies side by side on the cores. Batched gathers,
 # scatters and small matmuls are slow on XLA:CPU, so "unroll" is faster for the graph IPN
 # (configs/mesh_seg.py; docs/graph.md); it compiles longer, and each seed computes what a
-# run of its own computes.
+# run of its own computes. Seeds split over several devices are always vmapped.
 STACKED_SEEDS = ("vmap", "unroll")
 
 
@@ -120,7 +120,7 @@ class Feeder:
 
   def __init__(self, datas, mesh, state_sharding: NamedSharding, stacked: bool,
                by_seed: bool):
-    self.datas, self.stacked = datas, stacked
+    self.datas, self.stacked, self.by_seed = datas, stacked, by_seed
     self.arrays, self.per_seed = resident_arrays(datas)
     if self.arrays is not None:
       sharding = state_sharding if self.per_seed else NamedSharding(mesh, P())
@@ -140,7 +140,10 @@ class Feeder:
   def step_fn(self, step_fn, stacked_seeds: str = "vmap"):
     """`step_fn` (params, opt_state, batch, step, key, lr_scale) taking this feeder's data
     arguments in place of `batch`, mapped over the seeds when stacked (`over_seeds`, `how`
-    `stacked_seeds`)."""
+    `stacked_seeds`; vmapped when the seeds are split over the devices, so that each device
+    runs its own)."""
+    if self.by_seed:
+      stacked_seeds = "vmap"
     if self.arrays is not None:
       step_fn = gathering(step_fn)
       if self.stacked:

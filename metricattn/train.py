@@ -6,7 +6,8 @@ summary). The step's data (device-resident arrays and index blocks, or host batc
 from `metricattn.feeder`.
 
 `train_seeds(config, seeds, root)` runs the same loop for several seeds of one config in a
-single compiled program: the step is vmapped over a leading seed axis. Each seed gets the
+single compiled program: the step maps over a leading seed axis (vmapped, or one copy per
+seed: `train.stacked_seeds`, metricattn/feeder.py `over_seeds`). Each seed gets the
 workdir files of a separate run (ROOT/seed=N/...); the stacked state is checkpointed once in
 ROOT/checkpoints. For small models (the IPN) this is far cheaper than separate processes.
 

@@ -59,3 +59,13 @@ def test_bench_attention_against_jax_prints_both_masks():
   assert [r["mask"] for r in rows] == ["none", "causal"]
   for r in rows:
     assert float(r["dot/jax"]) > 0 and float(r["l2/jax GB"]) > 0
+
+
+def test_bench_mesh_step_times_vmapped_and_unrolled_seeds():
+  done = run("scripts/bench_mesh_step.py", "--kinds=l2", "--seeds=2", "--steps=2", "--rounds=1",
+             "--set", "data.num_train=4", "data.num_test=2")
+  assert done.returncode == 0, done.stderr
+  lines = done.stdout.splitlines()
+  assert lines[0].startswith("l2, 2 seeds, load before")
+  assert [line.split()[0] for line in lines[1:3]] == ["vmap", "unroll"]
+  assert float(lines[3].split()[-1]) > 0
