@@ -142,15 +142,14 @@ class Feeder:
     arguments in place of `batch`, mapped over the seeds when stacked (`over_seeds`, `how`
     `stacked_seeds`; vmapped when the seeds are split over the devices, so that each device
     runs its own)."""
-    if self.by_seed:
-      stacked_seeds = "vmap"
+    how = "vmap" if self.by_seed else stacked_seeds
     if self.arrays is not None:
       step_fn = gathering(step_fn)
       if self.stacked:
         step_fn = over_seeds(step_fn, (0, 0, 0 if self.per_seed else None, 0, None, 0, None),
-                             stacked_seeds)
+                             how)
     elif self.stacked:
-      step_fn = over_seeds(step_fn, (0, 0, 0, None, 0, None), stacked_seeds)
+      step_fn = over_seeds(step_fn, (0, 0, 0, None, 0, None), how)
     return step_fn
 
   def __call__(self, step: int) -> tuple:

@@ -25,8 +25,8 @@ import jax
 import jax.numpy as jnp
 
 from metricattn import train
-from metricattn.config_utils import load_config_file, set_override
 from metricattn.feeder import STACKED_SEEDS, over_seeds, stack_batches, stack_trees
+from metricattn.grid import point_config
 from metricattn.optim import make_optimizer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,9 +46,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 def kind_times(kind: str, a) -> dict:
   configs = []
   for seed in range(a.seeds):
-    c = load_config_file(ROOT / "configs" / "mesh_seg.py", f"attention={kind},steps=400")
-    for item in a.set:
-      set_override(c, *item.split("=", 1))
+    c = point_config(f"{ROOT / 'configs' / 'mesh_seg.py'}:attention={kind},steps=400", {},
+                     a.set)
     c.seed = seed
     configs.append(c)
   built = [train.build(c) for c in configs]

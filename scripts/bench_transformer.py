@@ -23,9 +23,10 @@ Side by side with the reference, alternating (the way the README's numbers were 
   python scripts/bench_transformer.py --shape c --rounds 3 \
       --reference-python /path/to/torch-venv/bin/python --reference-dir /path/to/export
 
-`--shape a|b|c` sets the issue's three shapes, `--shape d` one between (a) and (c). Each round runs the reference's script, then
-ours, each in its own process (torch is never imported here); the table gives each round's
-times, the median ratio reference / ours, and the machine's load before each round.
+`--shape a|b|c` sets the issue's three shapes, `--shape d` one between (a) and (c). Each
+round runs the reference's script, then ours, each in its own process (torch is never
+imported here); the table gives each round's times, the median ratio reference / ours, and
+the machine's load before each round.
 """
 
 from __future__ import annotations
@@ -62,7 +63,8 @@ def parse_args() -> argparse.Namespace:
   p.add_argument("--attention", default="softmax", help="softmax | l2 | metric")
   p.add_argument("--dtype", default="float32", help="model.dtype: float32 | bfloat16")
   p.add_argument("--roof", action="store_true", help="also time plain matmuls (the roof)")
-  p.add_argument("--shape", choices=sorted(SHAPES), help="a, b, c: the issue's shapes; d: between a and c")
+  p.add_argument("--shape", choices=sorted(SHAPES),
+                 help="a, b, c: the issue's shapes; d: between a and c")
   p.add_argument("--rounds", type=int, default=0, help="alternate with the reference")
   p.add_argument("--reference-python", help="python of a virtual environment with torch")
   p.add_argument("--reference-dir", help="an exported copy of hyunwoongko/transformer")
